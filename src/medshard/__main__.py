@@ -1,0 +1,3 @@
+from medshard.cli import main
+
+main()

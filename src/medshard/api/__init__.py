@@ -1,0 +1,1 @@
+"""Application layer: REST, DICOMweb and DIMSE."""

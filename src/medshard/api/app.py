@@ -1,0 +1,50 @@
+"""The FastAPI application: routers joined once, errors mapped once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from medshard import __version__
+from medshard.api.errors import install_error_handlers
+from medshard.api.routes import status
+from medshard.cluster.archive import Archive
+from medshard.cluster.monitor import HealthMonitor
+from medshard.config import Settings
+
+
+def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        archive = Archive(settings)
+        app.state.archive = archive
+        watcher = HealthMonitor(archive).start() if monitor else None
+        for hook in app.state.startup_hooks:
+            hook(app)
+        try:
+            yield
+        finally:
+            for hook in app.state.shutdown_hooks:
+                hook(app)
+            if watcher is not None:
+                watcher.stop()
+            archive.close()
+
+    app = FastAPI(title="medshard", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["*"],
+        )
+    install_error_handlers(app)
+    app.include_router(status.router)
+    return app

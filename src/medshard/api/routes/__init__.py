@@ -1,0 +1,1 @@
+"""One router per resource, joined once in :mod:`medshard.api.app`."""

@@ -1,0 +1,29 @@
+"""Liveness, cluster status and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from medshard.api.deps import ArchiveDep
+from medshard.cluster.status import cluster_status
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/api/status")
+async def api_status(archive: ArchiveDep) -> dict[str, Any]:
+    return await run_in_threadpool(cluster_status, archive)
+
+
+@router.get("/metrics")
+def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Benchmarks (`medshard bench ...`): figures printed as JSON, measured side by side."""

@@ -1,0 +1,123 @@
+"""`medshard bench ingest`: ingest throughput against the disk's physical limit, and the peak
+memory of importing one very large file.
+
+Everything runs on this machine in one run: the disk's durable sequential write speed and
+small-file fsync rate, then a real deployment (node processes on loopback, SQLite catalog)
+ingesting generated instances with k=3, so the ratio to raw/k is measured side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from medshard.bench.data import generate_instances, write_big_dicom
+from medshard.bench.disk import durable_sequential_write, small_file_fsync_rate
+from medshard.catalog.db import Catalog
+from medshard.cluster.archive import Archive
+from medshard.cluster.nodes import register_node
+from medshard.home import init_home
+from medshard.ingest.batch import import_files
+from medshard.node.launcher import NodeProcess, free_port, start_node_process
+
+SITES = ["site-a", "site-b", "site-c"]
+
+
+def start_cluster(root: Path, nodes: int) -> tuple[Path, list[NodeProcess]]:
+    home = root / "home"
+    settings, _ = init_home(home)
+    settings.analysis_rules = []  # measure storage ingest alone
+    settings.save()
+    catalog = Catalog(settings.database_url)
+    procs = [
+        start_node_process(
+            f"node{i}",
+            SITES[i % len(SITES)],
+            free_port(),
+            root / f"node{i}",
+            settings.node_secret,
+            log_path=root / f"node{i}.log",
+        )
+        for i in range(nodes)
+    ]
+    for proc in procs:
+        proc.wait_ready()
+        register_node(catalog, name=proc.name, url=proc.url, site=proc.site, capacity_bytes=0)
+    catalog.dispose()
+    return home, procs
+
+
+def peak_rss_of_import(home: Path, path: Path) -> tuple[float, float, int]:
+    """(peak RSS MB, seconds, exit code) of `medshard import` of one file, in a child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medshard", "import", str(path), "--home", str(home), "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, proc.returncode
+
+
+def run_ingest_bench(
+    *, instances: int = 400, big_file_mb: int = 1024, nodes: int = 4, workers: int = 8
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="medshard-bench-", dir=os.getcwd()) as tmp:
+        root = Path(tmp)
+        raw_mb_s = durable_sequential_write(root)
+        small_files_s = small_file_fsync_rate(root)
+        data_dir = root / "input"
+        total_bytes = generate_instances(data_dir, instances)
+        home, procs = start_cluster(root, nodes)
+        try:
+            with Archive.open(home) as archive:
+                k = archive.settings.replicas
+                start = time.perf_counter()
+                report = import_files(archive, [data_dir], workers=workers)
+                elapsed = time.perf_counter() - start
+            imported = len(report["imported"])
+            mb_s = total_bytes / 1e6 / elapsed
+            limit = raw_mb_s / k
+            result: dict[str, Any] = {
+                "machine": {"cpus": os.cpu_count()},
+                "disk": {
+                    "durable_sequential_write_mb_s": round(raw_mb_s, 1),
+                    "small_file_fsync_files_s": round(small_files_s, 1),
+                },
+                "ingest": {
+                    "instances": imported,
+                    "rejected": len(report["rejected"]),
+                    "mean_instance_kb": round(total_bytes / max(instances, 1) / 1024, 1),
+                    "replicas": k,
+                    "nodes": nodes,
+                    "workers": workers,
+                    "seconds": round(elapsed, 2),
+                    "instances_s": round(imported / elapsed, 1),
+                    "mb_s": round(mb_s, 1),
+                    "physical_limit_mb_s": round(limit, 1),
+                    "ratio_to_physical_limit": round(mb_s / limit, 3),
+                    "goal_ratio": 0.5,
+                },
+            }
+            if big_file_mb:
+                big = root / "big.dcm"
+                size = write_big_dicom(big, big_file_mb)
+                rss_mb, seconds, code = peak_rss_of_import(home, big)
+                big.unlink()
+                result["big_file"] = {
+                    "size_mb": round(size / 2**20, 1),
+                    "exit_code": code,
+                    "seconds": round(seconds, 2),
+                    "peak_rss_mb": round(rss_mb, 1),
+                    "goal_peak_rss_mb": 300,
+                }
+            return result
+        finally:
+            for proc in procs:
+                proc.stop()

@@ -1,0 +1,84 @@
+"""Catalog engine and sessions, on SQLite (default) or PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout, and writers in one process are serialised by a
+lock so concurrent importers never see ``database is locked``; PostgreSQL needs no such lock.
+The schema is created and upgraded only by Alembic (:func:`migrate`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from medshard.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned for the catalog's access pattern on either backend."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise ConfigError(f"unsupported catalog URL {url!r}: use sqlite:/// or postgresql+psycopg://")
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the catalog at ``url`` to the newest schema (``alembic upgrade head``)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+class Catalog:
+    """Owns the engine; hands out sessions whose transactions commit on success."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self.is_sqlite = url.startswith("sqlite")
+        self._write_lock = threading.RLock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session (no commit)."""
+        with self._factory() as session:
+            yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on error."""
+        lock = self._write_lock if self.is_sqlite else nullcontext()
+        with lock, self._factory() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,387 @@
+"""The ``medshard`` command (access layer). Each command is thin: it opens the archive and calls
+the layer that does the work, then prints (``--json`` for machines, rich for people)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from medshard.config import load_settings, resolve_home
+from medshard.errors import MedshardError
+
+app = typer.Typer(help="medshard: regional medical image archive", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print JSON figures", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="Deployment home (default: $MEDSHARD_HOME)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and os.environ.get("MEDSHARD_PROGRESS") != "1",
+    )
+
+
+@app.command()
+def init(
+    home: HomeOpt = None,
+    db: Annotated[str, typer.Option("--db", help="Catalog URL (default SQLite in home)")] = "",
+    replicas: int = 3,
+    write_quorum: int = 2,
+    chunk_size_mb: Annotated[float, typer.Option("--chunk-size-mb")] = 4.0,
+    shards: int = 128,
+) -> None:
+    """Create a deployment home: configuration, master key (0600) and the catalog schema."""
+    from medshard.home import init_home
+
+    try:
+        settings, created = init_home(
+            resolve_home(home),
+            db_url=db,
+            replicas=replicas,
+            write_quorum=write_quorum,
+            chunk_size=int(chunk_size_mb * 1024 * 1024),
+            shards=shards,
+        )
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    state = "ready" if created else "already initialised; catalog schema brought up to date"
+    out.print(f"medshard home {settings.home} {state} (catalog: {_redact(settings.database_url)})")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@app.command()
+def node(
+    name: Annotated[str, typer.Option(help="Unique node name")],
+    site: Annotated[str, typer.Option(help="Site (hospital) the node is at")],
+    port: Annotated[int, typer.Option(help="HTTP port")],
+    data: Annotated[Path, typer.Option(help="Directory for the node's chunk volumes")],
+    home: HomeOpt = None,
+    host: str = "127.0.0.1",
+    capacity_gb: Annotated[float, typer.Option("--capacity-gb")] = 0.0,
+) -> None:
+    """Run a storage-node daemon and register it with the deployment's catalog."""
+    from medshard.catalog.db import Catalog
+    from medshard.cluster.nodes import register_node
+    from medshard.node.server import run_node
+
+    try:
+        settings = load_settings(home)
+        capacity = int(capacity_gb * 2**30)
+        catalog = Catalog(settings.database_url)
+        register_node(
+            catalog, name=name, url=f"http://{host}:{port}", site=site, capacity_bytes=capacity
+        )
+        catalog.dispose()
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    run_node(
+        name=name,
+        site=site,
+        port=port,
+        data_dir=data,
+        secret=settings.node_secret,
+        capacity_bytes=capacity,
+        host=host,
+    )
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive)")],
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+    workers: Annotated[int, typer.Option(help="Files imported in parallel")] = 0,
+) -> None:
+    """Import DICOM files and folders; non-DICOM files are rejected with a reason."""
+    from medshard.cluster.archive import Archive
+    from medshard.ingest.batch import import_files
+
+    try:
+        archive = Archive.open(home)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    with archive, progress_bar() as bar:
+        task = bar.add_task("importing", total=None)
+        report = import_files(
+            archive,
+            paths,
+            workers=workers,
+            on_total=lambda n: bar.update(task, total=n),
+            on_done=lambda _o: bar.advance(task),
+        )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for rej in report["rejected"]:
+        err.print(f"[yellow]rejected[/yellow] {rej['path']}: {rej['reason']}")
+    out.print(
+        f"imported {len(report['imported'])}, duplicates {len(report['duplicates'])}, "
+        f"rejected {len(report['rejected'])}"
+    )
+
+
+@app.command()
+def get(
+    sop: Annotated[str, typer.Option("--sop", help="SOP Instance UID")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the file")],
+    home: HomeOpt = None,
+) -> None:
+    """Write one stored instance, byte-identical to what was imported."""
+    from medshard.catalog.models import Instance
+    from medshard.cluster.archive import Archive
+
+    try:
+        with Archive.open(home) as archive:
+            with archive.catalog.session() as session:
+                inst = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop))
+                if inst is None:
+                    raise _fail(f"no instance with SOP Instance UID {sop}", 2)
+                key = inst.obj.object_key
+            _write_object(archive, key, output)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"wrote {output}")
+
+
+def _write_object(archive: Any, object_key: str, output: Path) -> None:
+    """Stream an object to a file, atomically (a failed read leaves no partial file)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".part")
+    try:
+        with open(tmp, "wb") as fh:
+            for piece in archive.store.read(object_key):
+                fh.write(piece)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Option("--study", help="Study Instance UID")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into")],
+    home: HomeOpt = None,
+) -> None:
+    """Write every instance of a study as SERIES_UID/SOP_UID.dcm."""
+    from medshard.catalog.models import Instance, Series, Study
+    from medshard.cluster.archive import Archive
+
+    try:
+        with Archive.open(home) as archive:
+            with archive.catalog.session() as session:
+                rows = session.execute(
+                    select(Series.series_instance_uid, Instance.sop_instance_uid)
+                    .join(Instance, Instance.series_pk == Series.id)
+                    .join(Study, Series.study_pk == Study.id)
+                    .where(Study.study_instance_uid == study)
+                ).all()
+                keys = {
+                    sop: session.scalar(
+                        select(Instance).where(Instance.sop_instance_uid == sop)
+                    ).obj.object_key  # type: ignore[union-attr]
+                    for _s, sop in rows
+                }
+            if not rows:
+                raise _fail(f"no study with Study Instance UID {study}", 2)
+            for series_uid, sop in rows:
+                _write_object(archive, keys[sop], out_dir / series_uid / f"{sop}.dcm")
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"exported {len(rows)} instance(s) to {out_dir}")
+
+
+@app.command()
+def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Nodes, objects, shard spread and under-replicated objects."""
+    from medshard.cluster.archive import Archive
+    from medshard.cluster.status import cluster_status
+
+    try:
+        with Archive.open(home) as archive:
+            report = cluster_status(archive)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title="storage nodes")
+    for col in ("name", "site", "state", "used", "capacity", "chunks", "url"):
+        table.add_column(col)
+    for n in report["nodes"]:
+        table.add_row(
+            n["name"],
+            n["site"],
+            n["state"],
+            _size(n["used_bytes"]),
+            _size(n["capacity_bytes"]) if n["capacity_bytes"] else "unlimited",
+            str(n["chunks"]),
+            n["url"],
+        )
+    out.print(table)
+    shards = report["shards"]
+    out.print(
+        f"objects {report['objects']} ({_size(report['stored_bytes'])}), instances "
+        f"{report['instances']}, patients {report['patients']}; shards used "
+        f"{shards['used']}/{shards['total']} (objects per shard {shards['min_objects']}-"
+        f"{shards['max_objects']}); under-replicated objects {report['under_replicated']}"
+    )
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@app.command()
+def repair(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Restore every object to k healthy replicas; exits non-zero if it cannot."""
+    from medshard.cluster.archive import Archive
+    from medshard.cluster.repair import repair as run_repair
+
+    try:
+        archive = Archive.open(home)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    with archive, progress_bar() as bar:
+        task = bar.add_task("repairing shards", total=archive.settings.shards)
+        report = run_repair(archive.store, lambda done, _t: bar.update(task, completed=done))
+    summary = {
+        "chunks_checked": report.chunks_checked,
+        "chunks_repaired": report.chunks_repaired,
+        "copies_made": report.copies_made,
+        "corrupt_replaced": report.corrupt_replaced,
+        "extras_removed": report.extras_removed,
+        "failures": report.failures,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(
+            f"checked {report.chunks_checked} chunks, repaired {report.chunks_repaired} "
+            f"({report.copies_made} copies, {report.corrupt_replaced} corrupt replaced, "
+            f"{report.extras_removed} extra removed)"
+        )
+    if not report.ok:
+        for failure in report.failures[:20]:
+            err.print(f"[red]cannot repair[/red] {failure}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    home: HomeOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+    dimse_port: Annotated[int | None, typer.Option("--dimse-port")] = None,
+) -> None:
+    """Run the application service (REST, DICOMweb, DIMSE, metrics)."""
+    from medshard.api.server import run_service
+
+    try:
+        settings = load_settings(home)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    if host:
+        settings.api_host = host
+    if port:
+        settings.api_port = port
+    if dimse_port is not None:
+        settings.dimse_port = dimse_port
+    run_service(settings)
+
+
+@app.command()
+def demo(
+    home: Annotated[Path, typer.Option(help="Demo home")] = Path("medshard-demo"),
+    port: Annotated[int, typer.Option(help="API port")] = 8080,
+    nodes: Annotated[int, typer.Option(help="Storage-node processes")] = 4,
+) -> None:
+    """Start a local deployment with node processes, sample data and the service."""
+    from medshard.demo import run_demo
+
+    try:
+        run_demo(home.resolve(), port=port, node_count=nodes)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    as_json: JsonOpt = False,
+    instances: Annotated[int, typer.Option(help="Generated instances to ingest")] = 400,
+    big_file_mb: Annotated[int, typer.Option("--big-file-mb")] = 1024,
+    nodes: Annotated[int, typer.Option(help="Storage nodes")] = 4,
+) -> None:
+    """Ingest throughput beside the disk's raw durable write speed; peak RSS of a big file."""
+    from medshard.bench.ingest import run_ingest_bench
+
+    result = run_ingest_bench(instances=instances, big_file_mb=big_file_mb, nodes=nodes)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
+def _mount_optional() -> None:
+    try:
+        from medshard.analysis.cli import ai_app
+    except ImportError as exc:
+        missing = str(exc)
+        ai_missing = typer.Typer(help="CNN analysis (needs `pip install medshard[ai]`)")
+
+        @ai_missing.callback(invoke_without_command=True)
+        def _unavailable() -> None:
+            raise _fail(f"CNN analysis is not installed ({missing}): pip install 'medshard[ai]'")
+
+        app.add_typer(ai_missing, name="ai")
+        return
+    app.add_typer(ai_app, name="ai")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", module="pydicom")  # lenient parsing of real-world files
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.basicConfig(
+        level=os.environ.get("MEDSHARD_LOG", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app()

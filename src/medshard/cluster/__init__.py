@@ -1,0 +1,1 @@
+"""Management layer: topology, placement, node health, the object write/read path, repair."""

@@ -1,0 +1,202 @@
+"""The node pool: one HTTP client per storage node, their live health, and I/O threads.
+
+Health is probed, not assumed: :meth:`NodePool.probe` asks every node's ``/health`` in
+parallel and records state, usage and last-seen time in the catalog. Between probes, a node
+that fails a request is treated as unavailable for new placements in this process, so a node
+killed mid-import costs one failed request, not one per file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from medshard.catalog.db import Catalog
+from medshard.catalog.models import Node, Site
+from medshard.cluster.health import HealthEvent, NodeState, missed_event, next_state
+from medshard.cluster.placement import NodeView
+from medshard.config import Settings
+from medshard.errors import MedshardError, NotFoundError
+from medshard.storage.node_client import NodeClient
+
+
+@dataclass
+class NodeHandle:
+    """A node as this process sees it: catalog row facts, client, and live observations."""
+
+    pk: int
+    name: str
+    url: str
+    site: str
+    capacity_bytes: int
+    client: NodeClient
+    state: NodeState = NodeState.ALIVE
+    used_bytes: int = 0
+    chunks: int = 0
+    reachable: bool = True
+    latency_ewma_s: float = 0.0
+    last_seen: datetime | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+
+    def view(self) -> NodeView:
+        return NodeView(
+            name=self.name,
+            site=self.site,
+            capacity_bytes=self.capacity_bytes,
+            used_bytes=self.used_bytes,
+            alive=self.available,
+        )
+
+    @property
+    def available(self) -> bool:
+        return self.reachable and self.state == NodeState.ALIVE
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_ewma_s = (
+            seconds if not self.latency_ewma_s else (0.8 * self.latency_ewma_s + 0.2 * seconds)
+        )
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything here is UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def register_node(catalog: Catalog, *, name: str, url: str, site: str, capacity_bytes: int) -> None:
+    """Add or update a node (and its site) in the catalog."""
+    with catalog.transaction() as session:
+        site_row = session.scalar(select(Site).where(Site.name == site))
+        if site_row is None:
+            site_row = Site(name=site)
+            session.add(site_row)
+            session.flush()
+        node = session.scalar(select(Node).where(Node.name == name))
+        if node is None:
+            node = Node(name=name, url=url, site_id=site_row.id, capacity_bytes=capacity_bytes)
+            session.add(node)
+        else:
+            node.url, node.site_id, node.capacity_bytes = url, site_row.id, capacity_bytes
+
+
+class NodePool:
+    """Clients for every registered node plus a thread pool for parallel chunk I/O."""
+
+    def __init__(self, catalog: Catalog, settings: Settings, io_threads: int = 16) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="node-io")
+        self._lock = threading.Lock()
+        self.nodes: dict[str, NodeHandle] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Pick up nodes registered since (e.g. a node process started later)."""
+        with self.catalog.session() as session:
+            rows = session.scalars(select(Node)).all()
+            facts = [
+                (r.id, r.name, r.url, r.site.name, r.capacity_bytes, NodeState(r.state), r)
+                for r in rows
+            ]
+        with self._lock:
+            for pk, name, url, site, cap, state, row in facts:
+                handle = self.nodes.get(name)
+                if handle is None or handle.url != url:
+                    client = NodeClient(
+                        name, url, self.settings.node_secret, self.settings.node_timeout_s
+                    )
+                    self.nodes[name] = NodeHandle(
+                        pk,
+                        name,
+                        url,
+                        site,
+                        cap,
+                        client,
+                        state=state,
+                        used_bytes=row.used_bytes,
+                        chunks=row.chunk_count,
+                        last_seen=aware(row.last_seen),
+                    )
+                else:
+                    handle.site, handle.capacity_bytes = site, cap
+
+    def get(self, name: str) -> NodeHandle:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise NotFoundError(f"unknown storage node {name!r}") from None
+
+    def by_pk(self, pk: int) -> NodeHandle | None:
+        for handle in self.nodes.values():
+            if handle.pk == pk:
+                return handle
+        return None
+
+    def views(self) -> list[NodeView]:
+        return [h.view() for h in self.nodes.values()]
+
+    def mark_failed(self, name: str) -> None:
+        """A request to this node failed: stop placing on it until a probe says otherwise."""
+        handle = self.nodes.get(name)
+        if handle is not None:
+            handle.reachable = False
+
+    def probe(self, *, persist: bool = True) -> dict[str, NodeHandle]:
+        """Ask every node for its health in parallel; update states (and the catalog)."""
+        self.reload()
+        handles = list(self.nodes.values())
+
+        def ask(handle: NodeHandle) -> tuple[NodeHandle, dict[str, Any] | None, float]:
+            start = time.perf_counter()
+            try:
+                return handle, handle.client.health(), time.perf_counter() - start
+            except MedshardError:
+                return handle, None, time.perf_counter() - start
+
+        now = datetime.now(UTC)
+        for handle, health, elapsed in self.executor.map(ask, handles):
+            if health is not None:
+                handle.reachable = True
+                handle.health = health
+                handle.used_bytes = int(health.get("used_bytes", 0))
+                handle.chunks = int(health.get("chunks", 0))
+                handle.last_seen = now
+                handle.observe_latency(elapsed)
+                handle.state = next_state(handle.state, HealthEvent.HEARTBEAT)
+            else:
+                handle.reachable = False
+                silent = (now - handle.last_seen).total_seconds() if handle.last_seen else 1e9
+                event = missed_event(
+                    silent, self.settings.suspect_after_s, self.settings.dead_after_s
+                )
+                if event is not None:
+                    handle.state = next_state(handle.state, event)
+        if persist:
+            self._persist(handles)
+        return self.nodes
+
+    def _persist(self, handles: list[NodeHandle]) -> None:
+        with self.catalog.transaction() as session:
+            for handle in handles:
+                row = session.get(Node, handle.pk)
+                if row is None:
+                    continue
+                row.state = handle.state.value
+                if handle.last_seen is not None:
+                    row.last_seen = handle.last_seen
+                    row.used_bytes = handle.used_bytes
+                    row.chunk_count = handle.chunks
+                else:
+                    handle.last_seen = aware(row.last_seen)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        for handle in self.nodes.values():
+            handle.client.close()

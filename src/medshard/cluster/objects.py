@@ -1,0 +1,323 @@
+"""The object write and read paths: encrypt, chunk, place, replicate; verify, decrypt, stream.
+
+Write (``write`` then ``record``): a fresh data key, wrapped by the patient's key; the plaintext
+is read chunk by chunk, each chunk sealed, content-addressed and PUT to the object's replica set
+in parallel. A chunk is acknowledged once ``write_quorum`` nodes made it durable; nodes that
+failed are left for repair (the catalog records only real copies). ``record`` adds the catalog
+rows inside the caller's transaction, so an instance and its bytes commit together.
+
+Read (``read``): replicas ordered by health and measured latency ("nearest" first); every chunk
+is hash-verified before it is decrypted. A corrupt or missing copy is marked in the catalog
+(which queues it for repair) and the next replica is tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medshard import metrics
+from medshard.catalog.db import Catalog
+from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject
+from medshard.cluster.nodes import NodePool
+from medshard.cluster.placement import CapacityWeightedPlacement, PlacementPolicy
+from medshard.config import Settings
+from medshard.errors import (
+    ChecksumMismatchError,
+    MedshardError,
+    NoQuorumError,
+    NotFoundError,
+    StorageError,
+)
+from medshard.storage.chunking import iter_chunks
+from medshard.storage.chunkstore import chunk_id_of
+from medshard.storage.envelope import (
+    ChunkCipher,
+    new_key,
+    patient_key_context,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from medshard.storage.keys import KeyProvider
+
+log = logging.getLogger(__name__)
+
+
+def shard_of(patient_id: str, shards: int) -> int:
+    """Shard = hash(patient id) mod S, with a hash that is stable across processes."""
+    digest = hashlib.sha256(patient_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+@dataclass
+class WrittenChunk:
+    idx: int
+    chunk_id: str
+    size: int
+    nodes: list[str]
+
+
+@dataclass
+class WrittenObject:
+    """What ``write`` made durable, ready for ``record``."""
+
+    object_key: str
+    size: int
+    sha256: str
+    wrapped_key: bytes
+    chunk_size: int
+    chunks: list[WrittenChunk] = field(default_factory=list)
+
+    @property
+    def min_copies(self) -> int:
+        return min(len(c.nodes) for c in self.chunks)
+
+
+class ObjectStore:
+    """Reads and writes objects over the node pool; keeps catalog rows in step."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        pool: NodePool,
+        keys: KeyProvider,
+        settings: Settings,
+        placement: PlacementPolicy | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.pool = pool
+        self.keys = keys
+        self.settings = settings
+        self.placement = placement or CapacityWeightedPlacement()
+
+    # -- keys ---------------------------------------------------------------------------
+    def patient_key(self, patient: Patient) -> bytes:
+        if patient.wrapped_key is None:
+            raise StorageError(
+                f"patient {patient.patient_id!r} has been crypto-shredded: data is unreadable"
+            )
+        return self.keys.unwrap(patient.wrapped_key, patient_key_context(patient.patient_id))
+
+    def new_patient_key(self, patient_id: str) -> bytes:
+        """A fresh wrapped patient key for a new patient row."""
+        return self.keys.wrap(new_key(), patient_key_context(patient_id))
+
+    # -- write --------------------------------------------------------------------------
+    def write(
+        self,
+        patient_key: bytes,
+        stream: BinaryIO,
+        *,
+        care_sites: Sequence[str] = (),
+    ) -> WrittenObject:
+        """Encrypt, chunk and replicate a stream; raises NoQuorumError (nothing kept) on failure."""
+        object_key = uuid.uuid4().hex
+        data_key = new_key()
+        cipher = ChunkCipher(data_key, object_key)
+        chunk_size = self.settings.chunk_size
+        k, quorum = self.settings.replicas, self.settings.write_quorum
+        targets = self.placement.place(object_key, self.pool.views(), k, care_sites=care_sites)
+        if len(targets) < quorum:
+            raise NoQuorumError(
+                f"only {len(targets)} live storage node(s) for a write quorum of {quorum}"
+            )
+        result = WrittenObject(
+            object_key=object_key,
+            size=0,
+            sha256="",
+            wrapped_key=wrap_data_key(patient_key, data_key, object_key),
+            chunk_size=chunk_size,
+        )
+        digest = hashlib.sha256()
+        start = time.perf_counter()
+        pending: list[tuple[int, str, int, list[tuple[str, Future[bool]]]]] = []
+        try:
+            for idx, plain in enumerate(iter_chunks(stream, chunk_size)):
+                digest.update(plain)
+                result.size += len(plain)
+                sealed = cipher.seal(idx, plain)
+                cid = chunk_id_of(sealed)
+                futures = [
+                    (name, self.pool.executor.submit(self._put, name, cid, sealed))
+                    for name in targets
+                ]
+                pending.append((idx, cid, len(sealed), futures))
+                while len(pending) > 1:  # at most two chunks in flight per object
+                    result.chunks.append(self._settle(*pending.pop(0), quorum))
+            while pending:
+                result.chunks.append(self._settle(*pending.pop(0), quorum))
+        except BaseException:
+            for idx, cid, size, futures in pending:  # let in-flight PUTs land, then undo them
+                landed = [name for name, fut in futures if not fut.cancel() and fut.result()]
+                result.chunks.append(WrittenChunk(idx, cid, size, landed))
+            self.discard(result)
+            raise
+        result.sha256 = digest.hexdigest()
+        metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - start)
+        metrics.STORE_WRITE_BYTES.inc(result.size)
+        return result
+
+    def _put(self, node: str, chunk_id: str, data: bytes) -> bool:
+        handle = self.pool.get(node)
+        start = time.perf_counter()
+        try:
+            handle.client.put(chunk_id, data)
+        except MedshardError as exc:
+            self.pool.mark_failed(node)
+            log.warning("write of chunk %s to %s failed: %s", chunk_id[:12], node, exc)
+            return False
+        handle.observe_latency(time.perf_counter() - start)
+        return True
+
+    def _settle(
+        self, idx: int, cid: str, size: int, futures: list[tuple[str, Future[bool]]], quorum: int
+    ) -> WrittenChunk:
+        done = [name for name, fut in futures if fut.result()]
+        if len(done) < quorum:
+            metrics.QUORUM_FAILURES.inc()
+            raise NoQuorumError(
+                f"chunk {idx} reached {len(done)} durable copies, below the write quorum "
+                f"{quorum}; nothing was acknowledged (check `medshard status`)"
+            )
+        return WrittenChunk(idx, cid, size, done)
+
+    def discard(self, written: WrittenObject) -> None:
+        """Best-effort removal of chunks of a write that will not be committed."""
+        for chunk in written.chunks:
+            for name in chunk.nodes:
+                try:
+                    self.pool.get(name).client.delete(chunk.chunk_id)
+                except MedshardError:
+                    pass  # an orphan chunk costs space only; never data
+
+    def record(
+        self,
+        session: Session,
+        patient: Patient,
+        written: WrittenObject,
+        *,
+        kind: str = "dicom",
+        content_type: str = "application/dicom",
+    ) -> StoredObject:
+        """Add the object's catalog rows in the caller's transaction."""
+        obj = StoredObject(
+            object_key=written.object_key,
+            patient_pk=patient.id,
+            shard=patient.shard,
+            kind=kind,
+            content_type=content_type,
+            size=written.size,
+            sha256=written.sha256,
+            chunk_size=written.chunk_size,
+            wrapped_key=written.wrapped_key,
+        )
+        for wc in written.chunks:
+            chunk = Chunk(idx=wc.idx, chunk_id=wc.chunk_id, size=wc.size)
+            chunk.replicas = [Replica(node_pk=self.pool.get(n).pk) for n in wc.nodes]
+            obj.chunks.append(chunk)
+        session.add(obj)
+        return obj
+
+    # -- read ---------------------------------------------------------------------------
+    def load(self, object_key: str) -> tuple[StoredObject, bytes]:
+        """The object's row (chunks and replicas loaded) and its data key."""
+        with self.catalog.session() as session:
+            obj = session.scalar(select(StoredObject).where(StoredObject.object_key == object_key))
+            if obj is None:
+                raise NotFoundError(f"object {object_key} not found")
+            for chunk in obj.chunks:
+                _ = [r.node for r in chunk.replicas]
+            patient = session.get(Patient, obj.patient_pk)
+            assert patient is not None
+            data_key = unwrap_data_key(self.patient_key(patient), obj.wrapped_key, object_key)
+            return obj, data_key
+
+    def load_key_of_instance(self, sop_instance_uid: str) -> str:
+        """The object key holding a DICOM instance's bytes."""
+        with self.catalog.session() as session:
+            key = session.scalar(
+                select(StoredObject.object_key)
+                .join(Instance, Instance.object_pk == StoredObject.id)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
+            )
+        if key is None:
+            raise NotFoundError(f"no instance with SOP Instance UID {sop_instance_uid}")
+        return key
+
+    def read(self, object_key: str) -> Iterator[bytes]:
+        """Stream the plaintext of an object, verifying every chunk and the whole."""
+        obj, data_key = self.load(object_key)
+        cipher = ChunkCipher(data_key, object_key)
+        digest = hashlib.sha256()
+        start = time.perf_counter()
+        for chunk in obj.chunks:
+            plain = cipher.open(chunk.idx, self._fetch_verified(chunk))
+            digest.update(plain)
+            yield plain
+        if digest.hexdigest() != obj.sha256:
+            raise ChecksumMismatchError(f"object {object_key}", obj.sha256, digest.hexdigest())
+        metrics.STORE_READ_SECONDS.observe(time.perf_counter() - start)
+        metrics.STORE_READ_BYTES.inc(obj.size)
+
+    def read_all(self, object_key: str) -> bytes:
+        return b"".join(self.read(object_key))
+
+    def ordered_replicas(self, chunk: Chunk) -> list[Replica]:
+        """Healthy replicas on available nodes first, fastest-answering node first."""
+
+        def rank(replica: Replica) -> tuple[int, float]:
+            handle = self.pool.by_pk(replica.node_pk)
+            healthy = replica.state == "ok" and handle is not None and handle.available
+            return (0 if healthy else 1, handle.latency_ewma_s if handle else 1e9)
+
+        return sorted(chunk.replicas, key=rank)
+
+    def _fetch_verified(self, chunk: Chunk) -> bytes:
+        errors: list[str] = []
+        for replica in self.ordered_replicas(chunk):
+            handle = self.pool.by_pk(replica.node_pk)
+            if handle is None:
+                continue
+            start = time.perf_counter()
+            try:
+                data = handle.client.get(chunk.chunk_id)
+            except MedshardError as exc:
+                if isinstance(exc, NotFoundError):
+                    self._mark_replica(replica.id, "missing")
+                else:
+                    self.pool.mark_failed(handle.name)
+                errors.append(f"{handle.name}: {exc}")
+                continue
+            handle.observe_latency(time.perf_counter() - start)
+            actual = chunk_id_of(data)
+            if actual != chunk.chunk_id:
+                metrics.CORRUPT_REPLICAS.inc()
+                log.error(
+                    "corrupt replica of chunk %s on node %s (sha256 %s): queued for repair",
+                    chunk.chunk_id[:16],
+                    handle.name,
+                    actual[:16],
+                )
+                self._mark_replica(replica.id, "corrupt")
+                errors.append(f"{handle.name}: corrupt copy")
+                continue
+            return data
+        raise StorageError(
+            f"no readable replica of chunk {chunk.idx} ({chunk.chunk_id[:16]}…): "
+            + "; ".join(errors or ["no replicas recorded"])
+        )
+
+    def _mark_replica(self, replica_pk: int, state: str) -> None:
+        with self.catalog.transaction() as session:
+            replica = session.get(Replica, replica_pk)
+            if replica is not None:
+                replica.state = state

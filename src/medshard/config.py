@@ -1,0 +1,200 @@
+"""Configuration in one place.
+
+A deployment lives in a *home* directory (``--home`` or ``MEDSHARD_HOME``) holding
+``medshard.toml``, the master key file and, by default, the SQLite catalog. Every tunable
+is a field of :class:`Settings` with its default and meaning next to it; nothing else in
+the code reads environment variables or config files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medshard.errors import ConfigError
+
+CONFIG_NAME = "medshard.toml"
+MASTER_KEY_NAME = "master.key"
+HOME_ENV = "MEDSHARD_HOME"
+
+
+@dataclass
+class NodeEntry:
+    """A storage node known to the metadata service (registered by ``medshard node`` or config)."""
+
+    name: str
+    url: str
+    site: str
+    capacity_bytes: int = 0
+
+
+@dataclass
+class AnalysisRule:
+    """Maps images to a model: every field that is set must match the instance."""
+
+    model: str = "pneumonia"
+    modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
+    body_parts: list[str] = field(default_factory=lambda: ["CHEST", ""])
+
+
+@dataclass
+class Settings:
+    """Every setting of a deployment. Defaults suit a single-machine demo."""
+
+    home: Path
+    #: SQLAlchemy URL of the catalog; empty means SQLite file ``catalog.db`` in the home.
+    db_url: str = ""
+    #: Fixed plaintext chunk size; objects larger than this are split (bytes).
+    chunk_size: int = 4 * 1024 * 1024
+    #: Number of shards S; shard = hash(patient id) mod S. Fixed at deployment.
+    shards: int = 128
+    #: Replicas k per chunk, on distinct nodes, distinct sites where possible.
+    replicas: int = 3
+    #: Durable acknowledgements needed before a write is acknowledged.
+    write_quorum: int = 2
+    #: Shared secret that storage nodes require on every request (X-Medshard-Node-Secret).
+    node_secret: str = ""
+    #: Seconds a node may miss heartbeats before it is suspect, and before it is dead.
+    suspect_after_s: float = 5.0
+    dead_after_s: float = 30.0
+    #: Timeout for one request to a storage node (seconds).
+    node_timeout_s: float = 30.0
+    #: Parallel file imports in ``medshard import``.
+    import_workers: int = 4
+    #: Application service bind address.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    #: DIMSE service: port and AE title; calling AEs allowed (empty list = any).
+    dimse_port: int = 11112
+    dimse_ae_title: str = "MEDSHARD"
+    dimse_allowed_aes: list[str] = field(default_factory=list)
+    #: C-MOVE destinations: AE title -> [host, port].
+    dimse_destinations: dict[str, list[Any]] = field(default_factory=dict)
+    #: Origins allowed by CORS (for browser viewers such as OHIF on another origin).
+    cors_origins: list[str] = field(default_factory=list)
+    #: Analysis on ingest: rules mapping images to models; empty disables it.
+    analysis_rules: list[AnalysisRule] = field(default_factory=lambda: [AnalysisRule()])
+    #: Storage nodes known to this deployment.
+    nodes: list[NodeEntry] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.home / MASTER_KEY_NAME
+
+    @property
+    def database_url(self) -> str:
+        """The catalog URL, SQLite in the home unless ``db_url`` says otherwise."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{self.home / 'catalog.db'}"
+
+    def validate(self) -> None:
+        """Refuse settings that would silently lose durability."""
+        if self.replicas < 1:
+            raise ConfigError("replicas must be at least 1")
+        if not 1 <= self.write_quorum <= self.replicas:
+            raise ConfigError(
+                f"write_quorum {self.write_quorum} must be between 1 and replicas {self.replicas}"
+            )
+        if self.chunk_size < 4096:
+            raise ConfigError("chunk_size must be at least 4096 bytes")
+        if self.shards < 1:
+            raise ConfigError("shards must be at least 1")
+
+    def save(self) -> None:
+        """Write the settings back to ``medshard.toml`` in the home."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        data = dataclasses.asdict(self)
+        data.pop("home")
+        self.config_path.write_text(_to_toml(data))
+
+
+def resolve_home(home: str | os.PathLike[str] | None) -> Path:
+    """The deployment home: the argument, else ``MEDSHARD_HOME``, else ``./medshard-home``."""
+    if home:
+        return Path(home).expanduser().resolve()
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path("medshard-home").resolve()
+
+
+def load_settings(home: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the settings of an initialised home; raises :class:`ConfigError` if there is none."""
+    path = resolve_home(home)
+    cfg = path / CONFIG_NAME
+    if not cfg.exists():
+        raise ConfigError(f"no medshard home at {path}: run `medshard init --home {path}` first")
+    try:
+        raw = tomllib.loads(cfg.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{cfg} is not valid TOML: {exc}") from exc
+    return settings_from_dict(path, raw)
+
+
+def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)} - {"home"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown settings in {home / CONFIG_NAME}: {sorted(unknown)}")
+    values = dict(raw)
+    values["nodes"] = [NodeEntry(**n) for n in raw.get("nodes", [])]
+    if "analysis_rules" in raw:
+        values["analysis_rules"] = [AnalysisRule(**r) for r in raw["analysis_rules"]]
+    settings = Settings(home=home, **values)
+    settings.validate()
+    return settings
+
+
+def new_settings(home: Path, **overrides: Any) -> Settings:
+    """Fresh settings for ``medshard init``, with a random node secret."""
+    settings = Settings(home=home, node_secret=secrets.token_urlsafe(32), **overrides)
+    settings.validate()
+    return settings
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    """A tiny TOML writer for our flat settings plus arrays of tables."""
+    lines = ["# medshard deployment settings (see medshard/config.py for each field)"]
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((key, value))
+        elif isinstance(value, list) and not value and key in ("nodes", "analysis_rules"):
+            lines.append(f"{key} = []")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, rows in tables:
+        for row in rows:
+            lines.append("")
+            lines.append(f"[[{key}]]")
+            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in row.items())
+    return "\n".join(lines) + "\n"

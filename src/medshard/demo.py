@@ -1,0 +1,189 @@
+"""`medshard demo`: a whole local deployment on loopback, for a first look.
+
+Starts storage-node processes over three named sites and the application service as child
+processes, imports the sample data kept in the package, writes ``HOME/demo.json`` and waits.
+Ctrl-C or SIGTERM stops every child; none is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medshard.catalog.db import Catalog
+from medshard.cluster.nodes import register_node
+from medshard.errors import ConfigError
+from medshard.home import init_home
+from medshard.ingest.batch import import_paths
+from medshard.node.launcher import NodeProcess, free_port, start_node_process
+
+DEMO_SITES = ["st-marys-hospital", "city-general", "rural-health-centre"]
+
+
+def sample_dicom_dir() -> Path:
+    return Path(__file__).parent / "sample_data" / "dicom"
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ServiceProcess:
+    """The application service (`medshard serve`) as a child process."""
+
+    def __init__(self, home: Path, port: int, log_path: Path, extra: list[str]) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "medshard", "serve", "--home", str(home), "--port", str(port)]
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd + extra, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise ConfigError(f"the service did not start on port {self.port}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def run_demo(home: Path, *, port: int = 8080, node_count: int = 4) -> None:
+    if node_count < 3:
+        raise ConfigError("the demo needs at least 3 storage nodes for k=3 replicas")
+    if not _port_free(port):
+        raise ConfigError(f"port {port} is in use: pass --port")
+    settings, _created = init_home(home)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    nodes: list[NodeProcess] = []
+    service: ServiceProcess | None = None
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        catalog = Catalog(settings.database_url)
+        for i in range(node_count):
+            site = DEMO_SITES[i % len(DEMO_SITES)]
+            node_port = port + 1 + i if _port_free(port + 1 + i) else free_port()
+            proc = start_node_process(
+                f"node{i}",
+                site,
+                node_port,
+                home / "nodes" / f"node{i}",
+                settings.node_secret,
+                log_path=logs / f"node{i}.log",
+            )
+            nodes.append(proc)
+        for proc in nodes:
+            proc.wait_ready()
+            register_node(catalog, name=proc.name, url=proc.url, site=proc.site, capacity_bytes=0)
+        catalog.dispose()
+        dimse_port = settings.dimse_port if _port_free(settings.dimse_port) else free_port()
+        service = ServiceProcess(
+            home, port, logs / "service.log", ["--dimse-port", str(dimse_port)]
+        )
+        service.wait_ready()
+        sample = [sample_dicom_dir()]
+        sample.extend(_chest_xrays(home))
+        report = import_paths(home, sample)
+        info: dict[str, Any] = {
+            "home": str(home),
+            "api_url": service.url,
+            "dicomweb_url": f"{service.url}/dicom-web",
+            "dimse": {"host": "127.0.0.1", "port": dimse_port, "ae_title": settings.dimse_ae_title},
+            "metrics_url": f"{service.url}/metrics",
+            "nodes": [
+                {
+                    "name": n.name,
+                    "url": n.url,
+                    "site": n.site,
+                    "pid": n.pid,
+                    "data_dir": str(n.data_dir),
+                }
+                for n in nodes
+            ],
+            "service_pid": service.proc.pid,
+            "imported": len(report["imported"]),
+            "duplicates": len(report["duplicates"]),
+            "rejected": len(report["rejected"]),
+        }
+        (home / "demo.json").write_text(json.dumps(info, indent=2))
+        _print_banner(info)
+        while not stop.is_set():
+            if service.proc.poll() is not None:
+                print("the service exited; see", service.log_path, file=sys.stderr)
+                break
+            stop.wait(1.0)
+    finally:
+        if service is not None:
+            service.stop()
+        for proc in nodes:
+            proc.stop()
+        print("medshard demo stopped; every child process has exited.", file=sys.stderr)
+
+
+def _chest_xrays(home: Path) -> list[Path]:
+    """Validation-split chest X-rays as DICOM CR, when the analysis extra is installed."""
+    try:
+        from medshard.analysis.dataset import sample_npz_path
+        from medshard.analysis.synth import chest_xray_dicoms
+    except ImportError:
+        return []
+    out = home / "sample-chest-xrays"
+    if not out.exists():
+        chest_xray_dicoms(sample_npz_path(), split="val", count=8, out_dir=out)
+    return [out]
+
+
+def _print_banner(info: dict[str, Any]) -> None:
+    print("medshard demo is running (Ctrl-C to stop)")
+    print(f"  API and web UI:  {info['api_url']}")
+    print(f"  cluster status:  {info['api_url']}/api/status")
+    print(f"  DICOMweb:        {info['dicomweb_url']}")
+    dimse = info["dimse"]
+    print(f"  DIMSE:           {dimse['ae_title']}@{dimse['host']}:{dimse['port']}")
+    print(f"  metrics:         {info['metrics_url']}")
+    for n in info["nodes"]:
+        print(f"  node {n['name']:<6} {n['site']:<22} {n['url']}  pid {n['pid']}")
+    print(
+        f"  imported {info['imported']} sample instances "
+        f"({info['duplicates']} already there, {info['rejected']} rejected)"
+    )
+    print(f"  details in {info['home']}/demo.json")
+    sys.stdout.flush()

@@ -1,0 +1,239 @@
+"""The ingest pipeline shared by every source (file import, C-STORE, STOW-RS, browser upload).
+
+parse + validate -> index fields -> duplicate check -> encrypt + replicate (quorum) -> one
+catalog transaction (instance with its object rows, plus any in-transaction hooks such as the
+analysis queue) -> outcome. A rejected file never leaves anything behind in the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from medshard import metrics
+from medshard.catalog.models import Instance, Patient, Series, StoredObject, Study
+from medshard.cluster.archive import Archive
+from medshard.cluster.objects import shard_of
+from medshard.errors import InvalidInputError, MedshardError
+from medshard.ingest.dicom import InstanceFields, instance_fields, read_header
+
+log = logging.getLogger(__name__)
+
+#: Called inside the instance's catalog transaction (e.g. to enqueue analysis durably).
+InstanceHook = Callable[[Session, Instance, InstanceFields], None]
+
+
+@dataclass
+class IngestOutcome:
+    status: str  # imported | duplicate | rejected
+    path: str
+    sop_instance_uid: str = ""
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+    patient_id: str = ""
+    sop_class_uid: str = ""
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v or k in ("path",)}
+
+
+def file_sha256(fh: BinaryIO) -> str:
+    start = fh.tell()
+    digest = hashlib.sha256()
+    while piece := fh.read(1 << 20):
+        digest.update(piece)
+    fh.seek(start)
+    return digest.hexdigest()
+
+
+class Ingestor:
+    """Ingests DICOM streams into an :class:`Archive`."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.hooks: list[InstanceHook] = []
+
+    def ingest_path(self, path: Path) -> IngestOutcome:
+        try:
+            with open(path, "rb") as fh:
+                return self.ingest_stream(fh, str(path))
+        except OSError as exc:
+            metrics.INGEST_TOTAL.labels("rejected").inc()
+            return IngestOutcome("rejected", str(path), reason=f"cannot read file: {exc}")
+
+    def ingest_stream(self, fh: BinaryIO, source: str) -> IngestOutcome:
+        """Ingest one seekable stream; never raises for bad input, returns ``rejected``."""
+        start = time.perf_counter()
+        try:
+            fields = instance_fields(read_header(fh, source))
+        except InvalidInputError as exc:
+            metrics.INGEST_TOTAL.labels("rejected").inc()
+            return IngestOutcome("rejected", source, reason=str(exc))
+        outcome = IngestOutcome(
+            "imported",
+            source,
+            sop_instance_uid=fields.sop_instance_uid,
+            series_instance_uid=fields.series_instance_uid,
+            study_instance_uid=fields.study_instance_uid,
+            patient_id=fields.patient_id,
+            sop_class_uid=fields.sop_class_uid,
+        )
+        duplicate = self._duplicate_of(fh, fields)
+        if duplicate is not None:
+            outcome.status, outcome.reason = duplicate
+            metrics.INGEST_TOTAL.labels(outcome.status).inc()
+            return outcome
+        try:
+            self._store(fh, fields, source)
+        except IntegrityError:
+            dup = self._duplicate_of(fh, fields)  # a concurrent ingest of the same instance
+            outcome.status, outcome.reason = dup or ("rejected", "conflicting concurrent write")
+        except MedshardError as exc:
+            outcome.status, outcome.reason = "rejected", str(exc)
+        metrics.INGEST_TOTAL.labels(outcome.status).inc()
+        metrics.INGEST_SECONDS.observe(time.perf_counter() - start)
+        return outcome
+
+    def _duplicate_of(self, fh: BinaryIO, fields: InstanceFields) -> tuple[str, str] | None:
+        with self.archive.catalog.session() as session:
+            existing = session.scalar(
+                select(StoredObject.sha256)
+                .join(Instance, Instance.object_pk == StoredObject.id)
+                .where(Instance.sop_instance_uid == fields.sop_instance_uid)
+            )
+        if existing is None:
+            return None
+        if existing == file_sha256(fh):
+            return ("duplicate", "")
+        return (
+            "rejected",
+            f"SOP Instance UID {fields.sop_instance_uid} is already stored with different "
+            "bytes (e.g. another transfer syntax); the stored instance was kept",
+        )
+
+    def _store(self, fh: BinaryIO, fields: InstanceFields, source: str) -> None:
+        archive = self.archive
+        patient = self.patient(fields)
+        study_pk = self._study(patient, fields)
+        series_pk = self._series(study_pk, fields)
+        written = archive.store.write(archive.store.patient_key(patient), fh)
+        try:
+            with archive.catalog.transaction() as session:
+                obj = archive.store.record(session, patient, written)
+                session.flush()
+                instance = Instance(
+                    sop_instance_uid=fields.sop_instance_uid,
+                    series_pk=series_pk,
+                    sop_class_uid=fields.sop_class_uid,
+                    instance_number=fields.instance_number,
+                    transfer_syntax_uid=fields.transfer_syntax_uid,
+                    rows=fields.rows,
+                    columns=fields.columns,
+                    number_of_frames=fields.number_of_frames,
+                    bits_allocated=fields.bits_allocated,
+                    object_pk=obj.id,
+                    source_path=source[:1024],
+                )
+                session.add(instance)
+                session.flush()
+                for hook in self.hooks:
+                    hook(session, instance, fields)
+        except BaseException:
+            archive.store.discard(written)
+            raise
+        metrics.INGEST_BYTES.inc(written.size)
+
+    # -- get-or-create, each in its own short transaction (no savepoints needed) -------------
+    def patient(self, fields: InstanceFields) -> Patient:
+        catalog = self.archive.catalog
+        pid = fields.patient_id
+        with catalog.session() as session:
+            found = session.scalar(select(Patient).where(Patient.patient_id == pid))
+        if found is not None:
+            return found
+        try:
+            with catalog.transaction() as session:
+                session.add(
+                    Patient(
+                        patient_id=pid,
+                        name=fields.patient_name,
+                        birth_date=fields.patient_birth_date,
+                        sex=fields.patient_sex,
+                        shard=shard_of(pid, self.archive.settings.shards),
+                        wrapped_key=self.archive.store.new_patient_key(pid),
+                        master_key_id=self.archive.keys.key_id,
+                    )
+                )
+        except IntegrityError:
+            pass
+        with catalog.session() as session:
+            created = session.scalar(select(Patient).where(Patient.patient_id == pid))
+        assert created is not None
+        return created
+
+    def _study(self, patient: Patient, fields: InstanceFields) -> int:
+        def make() -> Study:
+            return Study(
+                study_instance_uid=fields.study_instance_uid,
+                patient_pk=patient.id,
+                study_date=fields.study_date,
+                study_time=fields.study_time,
+                accession_number=fields.accession_number,
+                study_id=fields.study_id,
+                study_description=fields.study_description,
+                referring_physician=fields.referring_physician,
+            )
+
+        return self._get_or_create(
+            Study.id, Study.study_instance_uid == fields.study_instance_uid, make
+        )
+
+    def _series(self, study_pk: int, fields: InstanceFields) -> int:
+        def make() -> Series:
+            return Series(
+                series_instance_uid=fields.series_instance_uid,
+                study_pk=study_pk,
+                modality=fields.modality,
+                series_number=fields.series_number,
+                series_description=fields.series_description,
+                body_part=fields.body_part,
+                series_date=fields.series_date,
+                series_time=fields.series_time,
+            )
+
+        return self._get_or_create(
+            Series.id, Series.series_instance_uid == fields.series_instance_uid, make
+        )
+
+    def _get_or_create(
+        self,
+        pk_column: InstrumentedAttribute[int],
+        where: ColumnElement[bool],
+        make: Callable[[], Study | Series],
+    ) -> int:
+        catalog = self.archive.catalog
+        with catalog.session() as session:
+            pk = session.scalar(select(pk_column).where(where))
+        if pk is not None:
+            return pk
+        try:
+            with catalog.transaction() as session:
+                row = make()
+                session.add(row)
+                session.flush()
+                return row.id
+        except IntegrityError:
+            with catalog.session() as session:
+                found = session.scalar(select(pk_column).where(where))
+            assert found is not None
+            return found

@@ -1,0 +1,346 @@
+"""The storage-node daemon: a small HTTP front on a :class:`VolumeStore`.
+
+Run it as ``python -m medshard.node.server --name N --site S --port P --data PATH`` with the
+shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request carries
+``X-Medshard-Node-Secret``)::
+
+    PUT    /chunks/{id}   raw bytes; 201 stored, 200 already there, 409 hash mismatch,
+                          507 capacity or disk full, 400 malformed id, 413 too large
+    GET    /chunks/{id}   200 the bytes as stored (unverified: readers verify), 404
+    HEAD   /chunks/{id}   200 with Content-Length, 404
+    DELETE /chunks/{id}   204, 404
+    GET    /chunks        {"chunks": [...]} for reconciliation and repair
+    GET    /health        name, site, capacity, usage, load, uptime
+
+The app is a bare ASGI callable rather than FastAPI: six fixed routes need no validation
+layer, and per-request overhead matters when a node takes thousands of chunks per second.
+Every store call runs on a thread pool, so a writer waiting for its group-commit fdatasync
+never blocks the event loop, and many waiting writers are what lets one fdatasync cover many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+
+from medshard.errors import (
+    ChecksumMismatchError,
+    InvalidInputError,
+    MedshardError,
+    NodeUnavailableError,
+    NotFoundError,
+    StorageError,
+)
+from medshard.node.volume import DEFAULT_VOLUME_BYTES, MAX_CHUNK_BYTES, VolumeStore, check_chunk_id
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Medshard-Node-Secret"
+SECRET_ENV = "MEDSHARD_NODE_SECRET"
+PROTOCOL_VERSION = 1
+STREAM_PIECE_BYTES = 1 << 20
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
+
+_STATUS_OF: list[tuple[type[MedshardError], int]] = [
+    (NotFoundError, 404),
+    (InvalidInputError, 400),
+    (ChecksumMismatchError, 409),
+    (NodeUnavailableError, 507),  # the store raises it only for capacity / disk full
+    (StorageError, 500),
+]
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, **extra: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message, **extra}
+
+
+class NodeApp:
+    """ASGI application serving one :class:`VolumeStore`.
+
+    Parameters
+    ----------
+    store
+        The engine; the app does not close it (the caller that opened it does).
+    name, site
+        Reported by ``/health`` so the cluster can check it reached the node it meant to.
+    secret
+        Shared node secret; compared in constant time.
+    io_threads
+        Threads for store calls; more concurrent writers means bigger group commits.
+    """
+
+    def __init__(
+        self, store: VolumeStore, *, name: str, site: str, secret: str, io_threads: int = 64
+    ) -> None:
+        if not secret:
+            raise InvalidInputError("the node secret must not be empty")
+        self.store = store
+        self.name = name
+        self.site = site
+        self._secret = secret.encode()
+        self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix=f"node-{name}-io")
+        self._started = time.monotonic()
+        self.requests_in_flight = 0
+        self.puts_total = 0
+        self.gets_total = 0
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        self.requests_in_flight += 1
+        try:
+            await self._dispatch(scope, receive, send)
+        except _HTTPError as e:
+            await _send_json(send, e.status, e.body)
+        except MedshardError as e:
+            status = next(code for kind, code in _STATUS_OF if isinstance(e, kind))
+            extra = {}
+            if isinstance(e, ChecksumMismatchError):
+                extra = {"expected": e.expected, "actual": e.actual}
+            await _send_json(send, status, {"error": str(e), **extra})
+        except Exception:
+            log.exception("node %s: %s %s failed", self.name, scope["method"], scope["path"])
+            await _send_json(send, 500, {"error": "internal error; see the node log"})
+        finally:
+            self.requests_in_flight -= 1
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        given = headers.get(SECRET_HEADER.lower().encode(), b"")
+        if not hmac.compare_digest(given, self._secret):
+            raise _HTTPError(401, f"missing or wrong {SECRET_HEADER}")
+        method, path = scope["method"], scope["path"]
+        if path == "/health" and method == "GET":
+            await _send_json(send, 200, await self._io(self._health))
+        elif path == "/chunks" and method == "GET":
+            ids = await self._io(lambda: list(self.store.list_ids()))
+            await _send_json(send, 200, {"chunks": ids})
+        elif path.startswith("/chunks/"):
+            chunk_id = path[len("/chunks/") :]
+            check_chunk_id(chunk_id)
+            if method == "PUT":
+                await self._put(chunk_id, headers, receive, send)
+            elif method in ("GET", "HEAD"):
+                await self._get(chunk_id, send, head=method == "HEAD")
+            elif method == "DELETE":
+                if not await self._io(self.store.delete, chunk_id):
+                    raise NotFoundError(f"chunk {chunk_id} not found on node {self.name}")
+                await _send(send, 204)
+            else:
+                raise _HTTPError(405, f"{method} not allowed on {path}")
+        else:
+            raise _HTTPError(404, f"no such endpoint {method} {path}")
+
+    async def _put(
+        self, chunk_id: str, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
+        declared = headers.get(b"content-length")
+        if declared is not None and int(declared) > MAX_CHUNK_BYTES:
+            raise _HTTPError(413, f"chunk larger than {MAX_CHUNK_BYTES} bytes")
+        parts: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client gave up; nothing was stored
+            body = message.get("body", b"")
+            received += len(body)
+            if received > MAX_CHUNK_BYTES:
+                raise _HTTPError(413, f"chunk larger than {MAX_CHUNK_BYTES} bytes")
+            parts.append(body)
+            if not message.get("more_body", False):
+                break
+        self.puts_total += 1
+        created = await self._io(self.store.put, chunk_id, b"".join(parts))
+        await _send_json(send, 201 if created else 200, {"chunk_id": chunk_id, "created": created})
+
+    async def _get(self, chunk_id: str, send: Send, *, head: bool) -> None:
+        if head:
+            size = (await self._io(self.store.stat, chunk_id)).size
+            await _send(send, 200, b"", content_length=size)
+            return
+        self.gets_total += 1
+        size, first, rest = await self._io(self._open_chunk, chunk_id)
+        await send(_start(200, "application/octet-stream", size))
+        sent = len(first)
+        await send({"type": "http.response.body", "body": first, "more_body": sent < size})
+        while sent < size:  # only chunks above one piece: the common case is a single hop
+            piece = await self._io(next, rest)
+            sent += len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
+
+    def _open_chunk(self, chunk_id: str) -> tuple[int, bytes, Iterator[bytes]]:
+        size, pieces = self.store.open_stream(chunk_id, STREAM_PIECE_BYTES)
+        return size, next(pieces, b""), pieces
+
+    def _health(self) -> dict[str, Any]:
+        disk = os.statvfs(self.store.root)
+        return {
+            "name": self.name,
+            "site": self.site,
+            "capacity_bytes": self.store.capacity_bytes,
+            "used_bytes": self.store.used_bytes,
+            "free_disk_bytes": disk.f_bavail * disk.f_frsize,
+            "chunks": self.store.chunk_count,
+            "load": {
+                "requests_in_flight": self.requests_in_flight,
+                "puts_total": self.puts_total,
+                "gets_total": self.gets_total,
+            },
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "version": PROTOCOL_VERSION,
+        }
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+def _start(status: int, content_type: str, length: int) -> Message:
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", content_type.encode()), (b"content-length", b"%d" % length)],
+    }
+
+
+async def _send(
+    send: Send,
+    status: int,
+    body: bytes = b"",
+    content_type: str = "application/octet-stream",
+    content_length: int | None = None,
+) -> None:
+    length = len(body) if content_length is None else content_length
+    await send(_start(status, content_type, length))
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Send, status: int, payload: object) -> None:
+    await _send(send, status, json.dumps(payload).encode(), "application/json")
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def run_node(
+    name: str,
+    site: str,
+    port: int,
+    data_dir: str | os.PathLike[str],
+    secret: str,
+    *,
+    capacity_bytes: int = 0,
+    host: str = "127.0.0.1",
+    volume_bytes: int = DEFAULT_VOLUME_BYTES,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then let pending writes finish and close the store."""
+    store = VolumeStore(
+        Path(data_dir), name=name, capacity_bytes=capacity_bytes, volume_bytes=volume_bytes
+    )
+    app = NodeApp(store, name=name, site=site, secret=secret)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        timeout_keep_alive=75,  # outlive the client's pool expiry so it never reuses a dead one
+        timeout_graceful_shutdown=10,
+    )
+    log.info("node %s (site %s) serving %s on http://%s:%d", name, site, data_dir, host, port)
+    # uvicorn re-raises the stop signal to the handler it found once it has shut down; a no-op
+    # one lets us return normally and close the store instead of dying by SIGTERM
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        app.shutdown()
+        store.close()
+        log.info("node %s stopped", name)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="medshard-node", description="Run one medshard storage node.")
+    p.add_argument("--name", required=True, help="node name, unique in the cluster")
+    p.add_argument("--site", required=True, help="site (hospital, lab) the node is at")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--data", required=True, help="data directory (created if missing)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--capacity-gb", type=float, default=0.0, help="GB (10^9) of chunks; 0 = disk")
+    p.add_argument("--capacity-bytes", type=int, default=None, help="exact; overrides -gb")
+    p.add_argument("--volume-bytes", type=int, default=DEFAULT_VOLUME_BYTES, help="roll-over size")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; the secret comes from the environment so it never shows in ``ps``."""
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    secret = os.environ.get(SECRET_ENV, "")
+    if not secret:
+        print(f"error: set {SECRET_ENV} to the cluster's node secret", file=sys.stderr)
+        return 2
+    capacity = args.capacity_bytes
+    if capacity is None:
+        capacity = int(args.capacity_gb * 1e9)
+    try:
+        run_node(
+            args.name,
+            args.site,
+            args.port,
+            args.data,
+            secret,
+            capacity_bytes=capacity,
+            host=args.host,
+            volume_bytes=args.volume_bytes,
+        )
+    except MedshardError as e:
+        log.error("node %s cannot start: %s", args.name, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

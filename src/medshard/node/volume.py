@@ -1,0 +1,496 @@
+"""The storage node's on-disk engine: append-only volume files with group commit.
+
+Why this layout
+---------------
+A typical chunk is one encrypted DICOM instance of 100-500 KB, and every acknowledged write must
+be durable. One file per chunk costs one ``fsync`` per chunk, and the per-file fsync rate, not
+bandwidth, then caps ingest. Here every chunk is appended as a record to the current *volume
+file* (Haystack / SeaweedFS style) and one ``fdatasync`` covers every record written since the
+previous one (group commit): many concurrent writers are acknowledged at near sequential disk
+bandwidth. On the benchmark that chose this design (8 writers x 300 KB) it sustained about 3x
+the chunks/s of one-file-per-chunk with batched fsyncs.
+
+Record format (little endian), back to back in ``vol-NNNNNNNN.dat``::
+
+    magic "MSv1" | kind u8 | pad 3 | chunk id 32 bytes | length u64 | data crc32 u32 |
+    header crc32 u32 | data
+
+``kind`` is PUT or TOMBSTONE (a delete; length 0). The index ``chunk id -> (volume, offset,
+length)`` lives in memory and is rebuilt on open by scanning the volumes in order, so the last
+record for an id wins. A crash can leave a torn record behind the last fdatasync; no such record
+was ever acknowledged, and the scan skips it (bad header or data crc) and truncates trailing
+garbage. Records are only visible to readers once durable, so a half chunk is never served.
+
+Reads are not verified here: readers hash what they get (the id *is* the hash), which also
+catches bit rot that happened after the write. A PUT of an id already present does re-check the
+stored copy, so re-sending a chunk repairs a rotten replica.
+
+Space of deleted chunks is not reclaimed yet (no compaction); ``used_bytes`` counts live bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from medshard.errors import (
+    ChecksumMismatchError,
+    InvalidInputError,
+    NodeUnavailableError,
+    NotFoundError,
+    StorageError,
+)
+from medshard.storage.chunkstore import ChunkStat
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"MSv1"
+KIND_PUT = 1
+KIND_TOMBSTONE = 2
+_HEAD = struct.Struct("<4sB3x32sQI")  # everything the header crc covers
+HEADER_SIZE = _HEAD.size + 4
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # far above the 4 MiB + tag the chunker makes; a sanity bound
+DEFAULT_VOLUME_BYTES = 1 << 30
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+_VOLUME_RE = re.compile(r"vol-(\d{8})\.dat")
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_chunk_id(chunk_id: str) -> None:
+    """Refuse anything but a lowercase hex SHA-256, before it reaches a path or an index."""
+    if not (isinstance(chunk_id, str) and _ID_RE.fullmatch(chunk_id)):
+        raise InvalidInputError(f"malformed chunk id {chunk_id!r}: expected 64 lowercase hex")
+
+
+def pack_header(kind: int, chunk_id: str, data: bytes) -> bytes:
+    """Header of one record; the header crc lets a scan tell a torn header from a real one."""
+    head = _HEAD.pack(MAGIC, kind, bytes.fromhex(chunk_id), len(data), zlib.crc32(data))
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+@dataclass(frozen=True)
+class _Header:
+    kind: int
+    chunk_id: str
+    length: int
+    data_crc: int
+
+
+def _parse_header(raw: bytes) -> _Header | None:
+    """A header, or None when the bytes are not one (torn, rotten, or not a record at all)."""
+    if len(raw) < HEADER_SIZE or raw[:4] != MAGIC:
+        return None
+    head = raw[: _HEAD.size]
+    (header_crc,) = struct.unpack_from("<I", raw, _HEAD.size)
+    if zlib.crc32(head) != header_crc:
+        return None
+    _, kind, digest, length, data_crc = _HEAD.unpack(head)
+    if kind not in (KIND_PUT, KIND_TOMBSTONE) or length > MAX_CHUNK_BYTES:
+        return None
+    return _Header(kind, digest.hex(), length, data_crc)
+
+
+@dataclass
+class _Volume:
+    number: int
+    path: Path
+    fd: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _Loc:
+    volume: _Volume
+    offset: int  # of the data, not the header
+    length: int
+
+
+class VolumeStore:
+    """A :class:`~medshard.storage.chunkstore.ChunkStore` on local disk, safe across threads.
+
+    Parameters
+    ----------
+    root
+        Data directory; created if missing. Only one process may open it at a time (flock).
+    name
+        Node name, used in errors so the write path can tell which replica failed.
+    capacity_bytes
+        Most live chunk bytes to accept; 0 means limited only by the disk.
+    volume_bytes
+        Roll over to a new volume file once the current one would grow past this.
+
+    Raises
+    ------
+    NodeUnavailableError
+        From writes, when capacity would be exceeded or the disk is full (maps to HTTP 507).
+    StorageError
+        On other I/O failures; after a failed fdatasync the store refuses further writes, because
+        the kernel may have dropped the dirty pages (restart the node to rescan).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        name: str = "local",
+        capacity_bytes: int = 0,
+        volume_bytes: int = DEFAULT_VOLUME_BYTES,
+    ) -> None:
+        self.root = Path(root)
+        self.name = name
+        self.capacity_bytes = capacity_bytes
+        self._volume_bytes = volume_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise StorageError(f"{self.root} is in use by another node process") from None
+        self._dir_fd = os.open(self.root, os.O_RDONLY)
+        self._lock = threading.Lock()  # index, volumes, append offset, byte counts
+        self._busy_ids = threading.Condition(self._lock)  # ids with a put/delete in flight
+        self._in_flight: set[str] = set()
+        self._index: dict[str, _Loc] = {}
+        self._volumes: list[_Volume] = []
+        self._used = 0
+        self._reserved = 0
+        self._closed = False
+        # group commit state, guarded by _sync_cv (never held together with _lock)
+        self._sync_cv = threading.Condition()
+        self._written_seq = 0  # guarded by _lock: last record fully written to the page cache
+        self._synced_seq = 0
+        self._syncing = False
+        self._sync_failure: str | None = None
+        self._dirty: set[int] = set()  # guarded by _lock: volume fds written since last sync
+        self._dir_dirty = False
+        self._load()
+
+    # -- the ChunkStore protocol ---------------------------------------------------------------
+
+    def put(self, chunk_id: str, data: bytes) -> bool:
+        """Store ``data`` durably; return False if an intact copy was already there."""
+        check_chunk_id(chunk_id)
+        if len(data) > MAX_CHUNK_BYTES:
+            raise InvalidInputError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != chunk_id:
+            raise ChecksumMismatchError(f"chunk {chunk_id}", chunk_id, actual)
+        old = self._claim(chunk_id)
+        try:
+            if old is not None:
+                if hashlib.sha256(self._read(old)).hexdigest() == chunk_id:
+                    return False
+                log.warning("chunk %s was corrupt on disk; storing the fresh copy", chunk_id)
+            self._append_durably(KIND_PUT, chunk_id, data)
+            return True
+        finally:
+            self._release(chunk_id)
+
+    def get(self, chunk_id: str) -> bytes:
+        """The stored bytes, unverified (the caller hashes them)."""
+        return self._read(self._locate(chunk_id))
+
+    def delete(self, chunk_id: str) -> bool:
+        """Append a durable tombstone; return False if the chunk was not there."""
+        check_chunk_id(chunk_id)
+        old = self._claim(chunk_id)
+        try:
+            if old is None:
+                return False
+            self._append_durably(KIND_TOMBSTONE, chunk_id, b"")
+            return True
+        finally:
+            self._release(chunk_id)
+
+    def exists(self, chunk_id: str) -> bool:
+        with self._lock:
+            return chunk_id in self._index
+
+    def stat(self, chunk_id: str) -> ChunkStat:
+        return ChunkStat(chunk_id, self._locate(chunk_id).length)
+
+    def list_ids(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._index))
+
+    # -- beyond the protocol -------------------------------------------------------------------
+
+    def open_stream(self, chunk_id: str, piece_bytes: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        """Size and a lazy reader of a chunk, for streaming large chunks without holding them.
+
+        The location is fixed now; a concurrent delete does not disturb the stream because
+        records are never overwritten in place.
+        """
+        loc = self._locate(chunk_id)
+
+        def pieces() -> Iterator[bytes]:
+            for start in range(0, loc.length, piece_bytes):
+                n = min(piece_bytes, loc.length - start)
+                yield self._pread(loc.volume, loc.offset + start, n)
+
+        return loc.length, pieces()
+
+    @property
+    def used_bytes(self) -> int:
+        """Live chunk bytes (what capacity is measured against)."""
+        with self._lock:
+            return self._used
+
+    @property
+    def chunk_count(self) -> int:
+        with self._lock:
+            return len(self._index)
+
+    def close(self) -> None:
+        """Flush what is pending and release the files and the directory lock."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            fds = [v.fd for v in self._volumes]
+        for fd in fds:
+            try:  # every acknowledged record is already durable; this is only tidiness
+                os.fdatasync(fd)
+            except OSError as e:
+                log.warning("node %s: fdatasync on close failed: %s", self.name, e)
+            os.close(fd)
+        os.close(self._dir_fd)
+        os.close(self._lock_fd)  # also drops the flock
+
+    def __enter__(self) -> VolumeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _claim(self, chunk_id: str) -> _Loc | None:
+        """Serialise puts/deletes of one id, so a duplicate PUT never answers before durability."""
+        with self._busy_ids:
+            while chunk_id in self._in_flight:
+                self._busy_ids.wait()
+            self._in_flight.add(chunk_id)
+            return self._index.get(chunk_id)
+
+    def _release(self, chunk_id: str) -> None:
+        with self._busy_ids:
+            self._in_flight.discard(chunk_id)
+            self._busy_ids.notify_all()
+
+    def _append_durably(self, kind: int, chunk_id: str, data: bytes) -> None:
+        header = pack_header(kind, chunk_id, data)
+        size = len(data)
+        with self._lock:
+            self._check_writable()
+            over = self._used + self._reserved + size > self.capacity_bytes
+            if kind == KIND_PUT and self.capacity_bytes and over:
+                raise NodeUnavailableError(
+                    self.name, f"capacity of {self.capacity_bytes} bytes would be exceeded"
+                )
+            vol = self._writable_volume(len(header) + size)
+            start = vol.size
+            self._write_all(vol, [header, data], start)
+            vol.size = start + len(header) + size
+            self._dirty.add(vol.fd)
+            self._written_seq += 1
+            seq = self._written_seq
+            if kind == KIND_TOMBSTONE:  # hide at once; the tombstone's durability follows
+                self._used -= self._index.pop(chunk_id).length
+            else:
+                self._reserved += size
+        try:
+            self._wait_durable(seq)
+        finally:
+            if kind == KIND_PUT:
+                with self._lock:
+                    self._reserved -= size
+        if kind == KIND_PUT:
+            with self._lock:
+                old = self._index.get(chunk_id)
+                self._used += size - (old.length if old else 0)
+                self._index[chunk_id] = _Loc(vol, start + len(header), size)
+
+    def _write_all(self, vol: _Volume, parts: list[bytes], offset: int) -> None:
+        """Write every byte or none: a failed write is cut back off the volume."""
+        buffers = [memoryview(p) for p in parts if p]
+        pos = offset
+        try:
+            while buffers:
+                n = os.pwritev(vol.fd, buffers, pos)
+                pos += n
+                while buffers and n >= len(buffers[0]):
+                    n -= len(buffers[0])
+                    buffers.pop(0)
+                if buffers and n:
+                    buffers[0] = buffers[0][n:]
+        except OSError as e:
+            try:
+                os.ftruncate(vol.fd, offset)
+            except OSError:
+                log.exception("could not cut a failed write off %s", vol.path)
+            if e.errno in _OUT_OF_SPACE:
+                raise NodeUnavailableError(self.name, "disk full") from e
+            raise StorageError(f"write to {vol.path} failed: {e}") from e
+
+    def _writable_volume(self, need: int) -> _Volume:
+        vol = self._volumes[-1]
+        if vol.size and vol.size + need > self._volume_bytes:
+            vol = self._open_volume(vol.number + 1)
+            self._volumes.append(vol)
+            self._dir_dirty = True  # the new file's name must be durable with its first record
+        return vol
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StorageError(f"volume store {self.root} is closed")
+        if self._sync_failure:
+            raise StorageError(f"node {self.name} stopped writing: {self._sync_failure}")
+
+    # -- group commit --------------------------------------------------------------------------
+
+    def _wait_durable(self, seq: int) -> None:
+        """Return once an fdatasync that began after record ``seq`` was written has finished.
+
+        The first waiter to find no sync running becomes the leader and syncs every dirty
+        volume for everyone written so far; the others wait for it or for the next round.
+        """
+        while True:
+            with self._sync_cv:
+                while True:
+                    if self._sync_failure:
+                        raise StorageError(f"fdatasync failed: {self._sync_failure}")
+                    if self._synced_seq >= seq:
+                        return
+                    if not self._syncing:
+                        self._syncing = True
+                        break
+                    self._sync_cv.wait()
+            self._sync_round()
+
+    def _sync_round(self) -> None:
+        with self._lock:
+            target = self._written_seq
+            fds, self._dirty = self._dirty, set()
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        failure = None
+        try:
+            for fd in fds:
+                os.fdatasync(fd)
+            if dir_dirty:
+                os.fsync(self._dir_fd)
+        except OSError as e:
+            failure = str(e)
+            log.error("fdatasync failed on node %s: %s; refusing further writes", self.name, e)
+        with self._sync_cv:
+            self._syncing = False
+            if failure:
+                self._sync_failure = failure
+            else:
+                self._synced_seq = max(self._synced_seq, target)
+            self._sync_cv.notify_all()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _locate(self, chunk_id: str) -> _Loc:
+        with self._lock:
+            loc = self._index.get(chunk_id)
+        if loc is None:
+            raise NotFoundError(f"chunk {chunk_id} not found on node {self.name}")
+        return loc
+
+    def _read(self, loc: _Loc) -> bytes:
+        return self._pread(loc.volume, loc.offset, loc.length)
+
+    def _pread(self, vol: _Volume, offset: int, length: int) -> bytes:
+        data = os.pread(vol.fd, length, offset)
+        if len(data) != length:
+            raise StorageError(f"{vol.path} is shorter than its index says (truncated?)")
+        return data
+
+    # -- opening: rebuild the index ------------------------------------------------------------
+
+    def _open_volume(self, number: int) -> _Volume:
+        path = self.root / f"vol-{number:08d}.dat"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return _Volume(number, path, fd, os.fstat(fd).st_size)
+
+    def _load(self) -> None:
+        numbers = sorted(
+            int(m.group(1)) for p in self.root.iterdir() if (m := _VOLUME_RE.fullmatch(p.name))
+        )
+        for i, number in enumerate(numbers):
+            vol = self._open_volume(number)
+            self._volumes.append(vol)
+            # only the last two volumes can hold unsynced records (a roll-over does not sync
+            # the old volume first), so only they need their data crcs checked
+            self._scan(vol, verify_data=i >= len(numbers) - 2)
+        if not self._volumes:
+            self._volumes.append(self._open_volume(1))
+            os.fsync(self._dir_fd)
+        log.info(
+            "node %s: %d chunks, %d bytes in %d volume(s) under %s",
+            self.name,
+            len(self._index),
+            self._used,
+            len(self._volumes),
+            self.root,
+        )
+
+    def _scan(self, vol: _Volume, *, verify_data: bool) -> None:
+        """Apply every intact record of ``vol`` to the index; cut trailing garbage off."""
+        if vol.size == 0:
+            return
+        with mmap.mmap(vol.fd, 0, access=mmap.ACCESS_READ) as mm:
+            pos, good_end, skipped = 0, 0, 0
+            while pos + HEADER_SIZE <= vol.size:
+                hdr = _parse_header(mm[pos : pos + HEADER_SIZE])
+                end = pos + HEADER_SIZE + (hdr.length if hdr else 0)
+                if hdr is None or end > vol.size:
+                    skipped += 1
+                    pos = self._resync(mm, pos + 1, vol.size)
+                    continue
+                if verify_data and zlib.crc32(mm[pos + HEADER_SIZE : end]) != hdr.data_crc:
+                    skipped += 1
+                    pos = end
+                    continue
+                self._apply(hdr, vol, pos + HEADER_SIZE)
+                pos = good_end = end
+        if skipped:
+            log.warning("%s: skipped %d torn or corrupt record(s)", vol.path, skipped)
+        if good_end < vol.size:
+            log.warning("%s: truncating %d bytes of torn tail", vol.path, vol.size - good_end)
+            os.ftruncate(vol.fd, good_end)
+            os.fsync(vol.fd)
+            vol.size = good_end
+
+    @staticmethod
+    def _resync(mm: mmap.mmap, start: int, size: int) -> int:
+        """Offset of the next intact header after a damaged region, or ``size`` if none."""
+        pos = mm.find(MAGIC, start)
+        while pos != -1:
+            hdr = _parse_header(mm[pos : pos + HEADER_SIZE])
+            if hdr is not None and pos + HEADER_SIZE + hdr.length <= size:
+                return pos
+            pos = mm.find(MAGIC, pos + 1)
+        return size
+
+    def _apply(self, hdr: _Header, vol: _Volume, data_offset: int) -> None:
+        old = self._index.pop(hdr.chunk_id, None)
+        if old is not None:
+            self._used -= old.length
+        if hdr.kind == KIND_PUT:
+            self._index[hdr.chunk_id] = _Loc(vol, data_offset, hdr.length)
+            self._used += hdr.length
