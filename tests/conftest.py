@@ -157,3 +157,42 @@ def dicom_dir(tmp_path: Path) -> Path:
     target = tmp_path / "input"
     shutil.copytree(sample_dicom_dir(), target)
     return target
+
+
+@dataclass
+class Service:
+    """A running `medshard serve` child process (HTTP + DIMSE) over a deployment."""
+
+    deployment: Deployment
+    url: str
+    dimse_port: int
+    ae_title: str
+    process: Any
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+
+def start_service(dep: Deployment, **overrides: Any) -> Service:
+    """Apply setting overrides to the deployment's home, then start the service on free ports."""
+    from medshard.demo import ServiceProcess
+
+    settings = load_settings(dep.home)
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    settings.save()
+    dep.settings = settings
+    port, dimse_port = free_port(), free_port()
+    proc = ServiceProcess(
+        dep.home, port, dep.home / "service.log", ["--dimse-port", str(dimse_port)]
+    )
+    proc.wait_ready()
+    return Service(dep, proc.url, dimse_port, settings.dimse_ae_title, proc)
+
+
+@pytest.fixture
+def service(sqlite_deployment: Deployment) -> Iterator[Service]:
+    svc = start_service(sqlite_deployment)
+    yield svc
+    svc.process.stop()
