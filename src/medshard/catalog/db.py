@@ -8,10 +8,11 @@ The schema is created and upgraded only by Alembic (:func:`migrate`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from medshard.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -66,6 +68,9 @@ class Catalog:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = threading.RLock()
+        self._group_lock = threading.Lock()
+        self._group_queue: list[tuple[Callable[[Session], Any], Future[Any]]] = []
+        self._group_leader = False
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -79,6 +84,46 @@ class Catalog:
         lock = self._write_lock if self.is_sqlite else nullcontext()
         with lock, self._factory() as session, session.begin():
             yield session
+
+    def commit_grouped(self, work: Callable[[Session], T]) -> T:
+        """Run ``work(session)`` in a transaction shared with every other caller waiting now.
+
+        Group commit: the first caller to find no commit under way becomes the leader and
+        commits, in one transaction (one fsync), everything queued meanwhile; the others
+        wait for their result. Ingest makes one small transaction per instance, so this turns
+        N durable commits into one. If the shared transaction fails, each piece of work is
+        retried alone, so one bad item (e.g. a duplicate) never fails the others.
+        """
+        future: Future[T] = Future()
+        with self._group_lock:
+            self._group_queue.append((work, future))
+            lead = not self._group_leader
+            if lead:
+                self._group_leader = True
+        if lead:
+            self._lead_group_commits()
+        return future.result()
+
+    def _lead_group_commits(self) -> None:
+        while True:
+            with self._group_lock:
+                batch, self._group_queue = self._group_queue, []
+                if not batch:
+                    self._group_leader = False
+                    return
+            try:
+                with self.transaction() as session:
+                    results = [work(session) for work, _f in batch]
+            except Exception:
+                for work, fut in batch:
+                    try:
+                        with self.transaction() as session:
+                            fut.set_result(work(session))
+                    except BaseException as exc:
+                        fut.set_exception(exc)
+            else:
+                for (_w, fut), result in zip(batch, results, strict=True):
+                    fut.set_result(result)
 
     def dispose(self) -> None:
         self.engine.dispose()

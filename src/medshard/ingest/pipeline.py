@@ -127,27 +127,30 @@ class Ingestor:
         study_pk = self._study(patient, fields)
         series_pk = self._series(study_pk, fields)
         written = archive.store.write(archive.store.patient_key(patient), fh)
+
+        def commit(session: Session) -> None:
+            obj = archive.store.record(session, patient, written)
+            session.flush()
+            instance = Instance(
+                sop_instance_uid=fields.sop_instance_uid,
+                series_pk=series_pk,
+                sop_class_uid=fields.sop_class_uid,
+                instance_number=fields.instance_number,
+                transfer_syntax_uid=fields.transfer_syntax_uid,
+                rows=fields.rows,
+                columns=fields.columns,
+                number_of_frames=fields.number_of_frames,
+                bits_allocated=fields.bits_allocated,
+                object_pk=obj.id,
+                source_path=source[:1024],
+            )
+            session.add(instance)
+            session.flush()
+            for hook in self.hooks:
+                hook(session, instance, fields)
+
         try:
-            with archive.catalog.transaction() as session:
-                obj = archive.store.record(session, patient, written)
-                session.flush()
-                instance = Instance(
-                    sop_instance_uid=fields.sop_instance_uid,
-                    series_pk=series_pk,
-                    sop_class_uid=fields.sop_class_uid,
-                    instance_number=fields.instance_number,
-                    transfer_syntax_uid=fields.transfer_syntax_uid,
-                    rows=fields.rows,
-                    columns=fields.columns,
-                    number_of_frames=fields.number_of_frames,
-                    bits_allocated=fields.bits_allocated,
-                    object_pk=obj.id,
-                    source_path=source[:1024],
-                )
-                session.add(instance)
-                session.flush()
-                for hook in self.hooks:
-                    hook(session, instance, fields)
+            archive.catalog.commit_grouped(commit)
         except BaseException:
             archive.store.discard(written)
             raise
