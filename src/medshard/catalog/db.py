@@ -105,25 +105,40 @@ class Catalog:
         return future.result()
 
     def _lead_group_commits(self) -> None:
-        while True:
+        batch: list[tuple[Callable[[Session], Any], Future[Any]]] = []
+        try:
+            while True:
+                with self._group_lock:
+                    batch, self._group_queue = self._group_queue, []
+                    if not batch:
+                        self._group_leader = False
+                        return
+                self._commit_batch(batch)
+        except BaseException as exc:  # never leave waiters hanging, whatever happened
             with self._group_lock:
-                batch, self._group_queue = self._group_queue, []
-                if not batch:
-                    self._group_leader = False
-                    return
-            try:
-                with self.transaction() as session:
-                    results = [work(session) for work, _f in batch]
-            except Exception:
-                for work, fut in batch:
-                    try:
-                        with self.transaction() as session:
-                            fut.set_result(work(session))
-                    except BaseException as exc:
-                        fut.set_exception(exc)
-            else:
-                for (_w, fut), result in zip(batch, results, strict=True):
+                stranded, self._group_queue = batch + self._group_queue, []
+                self._group_leader = False
+            for _work, fut in stranded:
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+
+    def _commit_batch(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
+        try:
+            with self.transaction() as session:
+                results = [work(session) for work, _f in batch]
+        except Exception:
+            for work, fut in batch:  # isolate the failing item(s)
+                try:
+                    with self.transaction() as session:
+                        result = work(session)
+                except Exception as exc:
+                    fut.set_exception(exc)
+                else:  # only once its transaction has committed
                     fut.set_result(result)
+        else:
+            for (_w, fut), result in zip(batch, results, strict=True):
+                fut.set_result(result)
 
     def dispose(self) -> None:
         self.engine.dispose()

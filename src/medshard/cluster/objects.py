@@ -98,6 +98,7 @@ class ObjectStore:
         self.keys = keys
         self.settings = settings
         self.placement = placement or CapacityWeightedPlacement()
+        self._patient_keys: dict[tuple[str, bytes], bytes] = {}
 
     # -- keys ---------------------------------------------------------------------------
     def patient_key(self, patient: Patient) -> bytes:
@@ -105,7 +106,14 @@ class ObjectStore:
             raise StorageError(
                 f"patient {patient.patient_id!r} has been crypto-shredded: data is unreadable"
             )
-        return self.keys.unwrap(patient.wrapped_key, patient_key_context(patient.patient_id))
+        cache_key = (patient.patient_id, patient.wrapped_key)
+        key = self._patient_keys.get(cache_key)
+        if key is None:
+            key = self.keys.unwrap(patient.wrapped_key, patient_key_context(patient.patient_id))
+            if len(self._patient_keys) > 10_000:
+                self._patient_keys.clear()
+            self._patient_keys[cache_key] = key
+        return key
 
     def new_patient_key(self, patient_id: str) -> bytes:
         """A fresh wrapped patient key for a new patient row."""

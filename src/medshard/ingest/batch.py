@@ -26,15 +26,6 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def attach_analysis(ingestor: Ingestor) -> None:
-    """Enqueue analysis on ingest when the analysis extra is installed."""
-    try:
-        from medshard.analysis.queue import attach_to_ingestor
-    except ImportError:
-        return
-    attach_to_ingestor(ingestor)
-
-
 def import_files(
     archive: Archive,
     paths: list[Path],
@@ -45,7 +36,6 @@ def import_files(
 ) -> ImportReport:
     """Ingest every file under ``paths``; the report has imported, duplicates, rejected."""
     ingestor = Ingestor(archive)
-    attach_analysis(ingestor)
     results = [
         IngestOutcome("rejected", str(p), reason="no such file or directory")
         for p in paths

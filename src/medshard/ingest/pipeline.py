@@ -28,7 +28,9 @@ from medshard.ingest.dicom import InstanceFields, instance_fields, read_header
 
 log = logging.getLogger(__name__)
 
-#: Called inside the instance's catalog transaction (e.g. to enqueue analysis durably).
+#: Called inside the instance's catalog transaction (e.g. to enqueue analysis durably). Many
+#: instances share one group-commit transaction with a single flush at its end, so a hook must
+#: not flush: it links its rows to ``instance`` by relationship or by the instance's UIDs.
 InstanceHook = Callable[[Session, Instance, InstanceFields], None]
 
 
@@ -47,6 +49,20 @@ class IngestOutcome:
         return {k: v for k, v in asdict(self).items() if v or k in ("path",)}
 
 
+def attach_analysis(ingestor: Ingestor) -> None:
+    """Enqueue analysis on ingest (every source: import, STOW-RS, C-STORE) when the analysis
+    extra is installed; the queue itself applies the configured rules. Idempotent."""
+    if ingestor.analysis_attached:
+        return
+    ingestor.analysis_attached = True
+    try:
+        from medshard.analysis.queue import attach_to_ingestor
+    except ImportError:  # medshard[ai] not installed: ingest works, nothing is analysed
+        log.debug("analysis extra not installed; ingest without analysis")
+        return
+    attach_to_ingestor(ingestor)
+
+
 def file_sha256(fh: BinaryIO) -> str:
     start = fh.tell()
     digest = hashlib.sha256()
@@ -59,9 +75,19 @@ def file_sha256(fh: BinaryIO) -> str:
 class Ingestor:
     """Ingests DICOM streams into an :class:`Archive`."""
 
-    def __init__(self, archive: Archive) -> None:
+    #: Entries kept in each lookup cache before it is cleared (bounded memory).
+    CACHE_LIMIT = 50_000
+
+    def __init__(self, archive: Archive, *, analysis: bool = True) -> None:
         self.archive = archive
         self.hooks: list[InstanceHook] = []
+        self.analysis_attached = False
+        if analysis:
+            attach_analysis(self)
+        # Patient, study and series rows never change identity once created, and a profile
+        # showed their look-ups costing a quarter of ingest CPU: remember them per ingestor.
+        self._patients: dict[str, Patient] = {}
+        self._pks: dict[tuple[str, str], int] = {}
 
     def ingest_path(self, path: Path) -> IngestOutcome:
         try:
@@ -130,8 +156,8 @@ class Ingestor:
 
         def commit(session: Session) -> None:
             obj = archive.store.record(session, patient, written)
-            session.flush()
             instance = Instance(
+                obj=obj,
                 sop_instance_uid=fields.sop_instance_uid,
                 series_pk=series_pk,
                 sop_class_uid=fields.sop_class_uid,
@@ -141,11 +167,9 @@ class Ingestor:
                 columns=fields.columns,
                 number_of_frames=fields.number_of_frames,
                 bits_allocated=fields.bits_allocated,
-                object_pk=obj.id,
                 source_path=source[:1024],
             )
             session.add(instance)
-            session.flush()
             for hook in self.hooks:
                 hook(session, instance, fields)
 
@@ -160,10 +184,13 @@ class Ingestor:
     def patient(self, fields: InstanceFields) -> Patient:
         catalog = self.archive.catalog
         pid = fields.patient_id
+        cached = self._patients.get(pid)
+        if cached is not None:
+            return cached
         with catalog.session() as session:
             found = session.scalar(select(Patient).where(Patient.patient_id == pid))
         if found is not None:
-            return found
+            return self._remember_patient(found)
         try:
             with catalog.transaction() as session:
                 session.add(
@@ -182,7 +209,13 @@ class Ingestor:
         with catalog.session() as session:
             created = session.scalar(select(Patient).where(Patient.patient_id == pid))
         assert created is not None
-        return created
+        return self._remember_patient(created)
+
+    def _remember_patient(self, patient: Patient) -> Patient:
+        if len(self._patients) >= self.CACHE_LIMIT:
+            self._patients.clear()
+        self._patients[patient.patient_id] = patient
+        return patient
 
     def _study(self, patient: Patient, fields: InstanceFields) -> int:
         def make() -> Study:
@@ -198,7 +231,10 @@ class Ingestor:
             )
 
         return self._get_or_create(
-            Study.id, Study.study_instance_uid == fields.study_instance_uid, make
+            ("study", fields.study_instance_uid),
+            Study.id,
+            Study.study_instance_uid == fields.study_instance_uid,
+            make,
         )
 
     def _series(self, study_pk: int, fields: InstanceFields) -> int:
@@ -215,10 +251,29 @@ class Ingestor:
             )
 
         return self._get_or_create(
-            Series.id, Series.series_instance_uid == fields.series_instance_uid, make
+            ("series", fields.series_instance_uid),
+            Series.id,
+            Series.series_instance_uid == fields.series_instance_uid,
+            make,
         )
 
     def _get_or_create(
+        self,
+        cache_key: tuple[str, str],
+        pk_column: InstrumentedAttribute[int],
+        where: ColumnElement[bool],
+        make: Callable[[], Study | Series],
+    ) -> int:
+        cached = self._pks.get(cache_key)
+        if cached is not None:
+            return cached
+        pk = self._find_or_create(pk_column, where, make)
+        if len(self._pks) >= self.CACHE_LIMIT:
+            self._pks.clear()
+        self._pks[cache_key] = pk
+        return pk
+
+    def _find_or_create(
         self,
         pk_column: InstrumentedAttribute[int],
         where: ColumnElement[bool],

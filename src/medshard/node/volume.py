@@ -180,7 +180,10 @@ class VolumeStore:
     # -- the ChunkStore protocol ---------------------------------------------------------------
 
     def put(self, chunk_id: str, data: bytes) -> bool:
-        """Store ``data`` durably; return False if an intact copy was already there."""
+        """Store ``data`` durably; return False if an intact copy was already there.
+
+        A rotten stored copy does not count as there: the fresh one is appended and wins.
+        """
         check_chunk_id(chunk_id)
         if len(data) > MAX_CHUNK_BYTES:
             raise InvalidInputError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
@@ -406,6 +409,8 @@ class VolumeStore:
 
     def _locate(self, chunk_id: str) -> _Loc:
         with self._lock:
+            if self._closed:  # its fd numbers may already belong to other files
+                raise StorageError(f"volume store {self.root} is closed")
             loc = self._index.get(chunk_id)
         if loc is None:
             raise NotFoundError(f"chunk {chunk_id} not found on node {self.name}")
