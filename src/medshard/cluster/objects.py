@@ -275,6 +275,7 @@ class ObjectStore:
             raise ChecksumMismatchError(f"object {object_key}", obj.sha256, digest.hexdigest())
         metrics.STORE_READ_SECONDS.observe(time.perf_counter() - start)
         metrics.STORE_READ_BYTES.inc(obj.size)
+        metrics.READ_TOTAL.labels(obj.kind).inc()
 
     def read_all(self, object_key: str) -> bytes:
         return b"".join(self.read(object_key))
