@@ -357,6 +357,20 @@ def bench_ingest(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("dicomweb")
+def bench_dicomweb(
+    as_json: JsonOpt = False,
+    instances: Annotated[int, typer.Option(help="Generated MR instances (128-450 KB)")] = 600,
+    nodes: Annotated[int, typer.Option(help="Storage nodes")] = 4,
+    clients: Annotated[int, typer.Option(help="Concurrent STOW/WADO clients")] = 8,
+) -> None:
+    """STOW-RS, QIDO-RS and WADO-RS figures for medshard beside Orthanc (when installed)."""
+    from medshard.bench.dicomweb import run_dicomweb_bench
+
+    result = run_dicomweb_bench(instances=instances, nodes=nodes, clients=clients)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 def _mount_optional() -> None:
     try:
         from medshard.analysis.cli import ai_app

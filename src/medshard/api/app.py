@@ -9,6 +9,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from medshard import __version__
+from medshard.api.dicomweb import (
+    routes_qido,
+    routes_rendered,
+    routes_stow,
+    routes_wado,
+    routes_wado_uri,
+)
 from medshard.api.errors import install_error_handlers
 from medshard.api.routes import status
 from medshard.cluster.archive import Archive
@@ -47,4 +54,9 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(status.router)
+    app.include_router(routes_stow.router)
+    app.include_router(routes_qido.router)
+    app.include_router(routes_wado.router)
+    app.include_router(routes_rendered.router)
+    app.include_router(routes_wado_uri.router)
     return app

@@ -1,4 +1,16 @@
-"""Map medshard errors to HTTP statuses, once for the whole app."""
+"""Map medshard errors to HTTP statuses, once for the whole app.
+
+Three statuses belong to HTTP alone and have no counterpart in the transport-free hierarchy of
+:mod:`medshard.errors`, so their classes live here, each a subclass of the medshard error it
+refines (so that a caller outside HTTP still sees "invalid input" or "unsupported content"):
+
+* :class:`NotAcceptableError` (406): no representation the client's ``Accept`` allows can be
+  produced, e.g. a transfer syntax we cannot transcode to, or an image format we cannot render.
+* :class:`ConflictError` (409): the request is well formed but conflicts with what is stored.
+* :class:`PayloadTooLargeError` (413): the request body is larger than the service accepts.
+
+The table is ordered from specific to general: the first class an error is an instance of wins.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +26,23 @@ from medshard.errors import (
     UnsupportedContentError,
 )
 
+
+class NotAcceptableError(UnsupportedContentError):
+    """Nothing the client accepts can be produced (HTTP 406 Not Acceptable)."""
+
+
+class ConflictError(InvalidInputError):
+    """The request conflicts with the archive's current state (HTTP 409 Conflict)."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """The request body exceeds what the service accepts (HTTP 413 Content Too Large)."""
+
+
 STATUS_OF: list[tuple[type[MedshardError], int]] = [
+    (NotAcceptableError, 406),
+    (ConflictError, 409),
+    (PayloadTooLargeError, 413),
     (NotFoundError, 404),
     (AccessDeniedError, 403),
     (UnsupportedContentError, 415),
