@@ -328,6 +328,24 @@ def serve(
     run_service(settings)
 
 
+@app.command("dimse")
+def dimse(
+    home: HomeOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="DIMSE port (0: any free port)")] = None,
+) -> None:
+    """Run only the DIMSE service (C-ECHO/STORE/FIND/MOVE/GET) until SIGTERM or Ctrl-C."""
+    from medshard.api.dimse import DimseServer, serve_forever
+
+    def ready(server: DimseServer) -> None:
+        out.print(f"DIMSE {server.ae_title} on {server.host}:{server.port} (Ctrl-C to stop)")
+
+    try:
+        serve_forever(load_settings(home), host=host, port=port, on_ready=ready)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+
+
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Demo home")] = Path("medshard-demo"),
