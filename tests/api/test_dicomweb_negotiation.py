@@ -11,7 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from medshard.api.dicomweb.frames import FrameFormat, frames, parse_frame_list
 from medshard.api.dicomweb.multipart import multipart_stream
+from medshard.api.dicomweb.retrieve import ObjectReader, transcode
 from medshard.api.dicomweb.routes_common import (
     negotiate_frames,
     negotiate_image,
@@ -20,17 +22,12 @@ from medshard.api.dicomweb.routes_common import (
     require_json,
 )
 from medshard.api.dicomweb.routes_rendered import render_request
-from medshard.api.dicomweb.service import (
+from medshard.api.dicomweb.stow import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
-    FrameFormat,
-    ObjectReader,
     StowItem,
-    frames,
-    parse_frame_list,
     receive_parts,
     stow_response,
-    transcode,
 )
 from medshard.api.errors import NotAcceptableError, PayloadTooLargeError, status_of
 from medshard.errors import InvalidInputError, NotFoundError

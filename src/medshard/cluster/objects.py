@@ -20,14 +20,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from medshard import metrics
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject
+from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject, utcnow
 from medshard.cluster.nodes import NodePool
 from medshard.cluster.placement import CapacityWeightedPlacement, PlacementPolicy
 from medshard.config import Settings
@@ -234,6 +234,62 @@ class ObjectStore:
             obj.chunks.append(chunk)
         session.add(obj)
         return obj
+
+    def insert_rows(
+        self,
+        session: Session,
+        patient: Patient,
+        written: WrittenObject,
+        *,
+        kind: str = "dicom",
+        content_type: str = "application/dicom",
+    ) -> int:
+        """Like :meth:`record`, with Core inserts; returns the object's primary key.
+
+        The ingest hot path: a profile showed the ORM unit of work costing a third of the
+        importer's CPU for these five-to-seven rows per instance.
+        """
+        objects = cast(Table, StoredObject.__table__)
+        chunks = cast(Table, Chunk.__table__)
+        replicas = cast(Table, Replica.__table__)
+        now = utcnow()
+        object_pk = session.execute(
+            insert(objects).returning(objects.c.id),
+            [
+                {
+                    "object_key": written.object_key,
+                    "patient_pk": patient.id,
+                    "shard": patient.shard,
+                    "kind": kind,
+                    "content_type": content_type,
+                    "size": written.size,
+                    "sha256": written.sha256,
+                    "chunk_size": written.chunk_size,
+                    "wrapped_key": written.wrapped_key,
+                    "created_at": now,
+                }
+            ],
+        ).scalar_one()
+        chunk_pks = (
+            session.execute(
+                insert(chunks).returning(chunks.c.id, sort_by_parameter_order=True),
+                [
+                    {"object_pk": object_pk, "idx": c.idx, "chunk_id": c.chunk_id, "size": c.size}
+                    for c in written.chunks
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        session.execute(
+            insert(replicas),
+            [
+                {"chunk_pk": pk, "node_pk": self.pool.get(n).pk, "state": "ok", "created_at": now}
+                for pk, c in zip(chunk_pks, written.chunks, strict=True)
+                for n in c.nodes
+            ],
+        )
+        return int(object_pk)
 
     # -- read ---------------------------------------------------------------------------
     def load(self, object_key: str) -> tuple[StoredObject, bytes]:

@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from medshard import metrics
-from medshard.catalog.models import Instance, Patient, Series, StoredObject, Study
+from medshard.catalog.models import Instance, Patient, Series, StoredObject, Study, utcnow
 from medshard.cluster.archive import Archive
 from medshard.cluster.objects import shard_of
 from medshard.errors import InvalidInputError, MedshardError
@@ -131,12 +131,12 @@ class Ingestor:
         return outcome
 
     def _duplicate_of(self, fh: BinaryIO, fields: InstanceFields) -> tuple[str, str] | None:
-        with self.archive.catalog.session() as session:
-            existing = session.scalar(
+        with self.archive.catalog.engine.connect() as conn:  # Core: cheap on the hot path
+            existing = conn.execute(
                 select(StoredObject.sha256)
                 .join(Instance, Instance.object_pk == StoredObject.id)
                 .where(Instance.sop_instance_uid == fields.sop_instance_uid)
-            )
+            ).scalar()
         if existing is None:
             return None
         if existing == file_sha256(fh):
@@ -155,21 +155,27 @@ class Ingestor:
         written = archive.store.write(archive.store.patient_key(patient), fh)
 
         def commit(session: Session) -> None:
-            obj = archive.store.record(session, patient, written)
-            instance = Instance(
-                obj=obj,
-                sop_instance_uid=fields.sop_instance_uid,
-                series_pk=series_pk,
-                sop_class_uid=fields.sop_class_uid,
-                instance_number=fields.instance_number,
-                transfer_syntax_uid=fields.transfer_syntax_uid,
-                rows=fields.rows,
-                columns=fields.columns,
-                number_of_frames=fields.number_of_frames,
-                bits_allocated=fields.bits_allocated,
-                source_path=source[:1024],
-            )
-            session.add(instance)
+            object_pk = archive.store.insert_rows(session, patient, written)
+            instance_values = {
+                "sop_instance_uid": fields.sop_instance_uid,
+                "series_pk": series_pk,
+                "sop_class_uid": fields.sop_class_uid,
+                "instance_number": fields.instance_number,
+                "transfer_syntax_uid": fields.transfer_syntax_uid,
+                "rows": fields.rows,
+                "columns": fields.columns,
+                "number_of_frames": fields.number_of_frames,
+                "bits_allocated": fields.bits_allocated,
+                "object_pk": object_pk,
+                "source_path": source[:1024],
+                "created_at": utcnow(),
+                "deleted": False,
+            }
+            table = cast(Table, Instance.__table__)
+            instance_pk = session.execute(
+                insert(table).returning(table.c.id), [instance_values]
+            ).scalar_one()
+            instance = Instance(id=instance_pk, **instance_values)  # detached, for hooks
             for hook in self.hooks:
                 hook(session, instance, fields)
 

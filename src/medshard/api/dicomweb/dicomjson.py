@@ -27,6 +27,7 @@ __all__ = [
     "dataset_to_json",
     "json_to_dataset",
     "resolve_bulkdata_path",
+    "value_json",
 ]
 
 #: VRs whose values are opaque bytes and may be replaced by a BulkDataURI (PS3.18 F.2.7).
@@ -131,6 +132,17 @@ def dataset_to_json(
     if bulk_threshold < 0:
         raise InvalidInputError(f"bulk_threshold must be >= 0, got {bulk_threshold}")
     return _dataset_json(ds, "", bulkdata_uri, bulk_threshold)
+
+
+def value_json(vr: str, value: Any) -> dict[str, Any]:
+    """One DICOM JSON element from a VR and plain value(s), for responses built by hand
+    (QIDO-RS results, STOW-RS verdicts); empty values carry no "Value" (PS3.18 F.2.5)."""
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        values = [{"Alphabetic": str(v)} for v in values]
+    return {"vr": vr, "Value": values}
 
 
 def _no_bulk_data(tag: str, vr: str, uri: str) -> None:

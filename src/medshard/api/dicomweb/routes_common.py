@@ -1,9 +1,10 @@
 """What every DICOMweb router shares: content negotiation, per-app singletons, URLs, responses.
 
 This is HTTP plumbing only (it reads headers and builds responses); what is served comes from
-:mod:`medshard.api.dicomweb.service`. Negotiation follows PS3.18 8.7: ``Accept`` is a list of
-media ranges with ``type`` and ``transfer-syntax`` parameters; the first range (by ``q``) that
-can be honoured wins, and none honoured is 406.
+the transport-free modules beside it (``lookup``, ``retrieve``, ``frames``, ``rendering``,
+``stow``, ``qido``). Negotiation follows PS3.18 8.7: ``Accept`` is a list of media ranges with
+``type`` and ``transfer-syntax`` parameters; the first range (by ``q``) that can be honoured
+wins, and none honoured is 406.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medshard.api.deps import get_archive
+from medshard.api.dicomweb.frames import FrameFormat
 from medshard.api.dicomweb.multipart import (
     Body,
     multipart_content_type,
@@ -25,7 +27,7 @@ from medshard.api.dicomweb.multipart import (
     new_boundary,
     parse_content_type,
 )
-from medshard.api.dicomweb.service import UNCOMPRESSED, FrameFormat
+from medshard.api.dicomweb.retrieve import UNCOMPRESSED
 from medshard.api.errors import NotAcceptableError
 from medshard.errors import InvalidInputError
 from medshard.ingest.pipeline import Ingestor

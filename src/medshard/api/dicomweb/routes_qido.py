@@ -12,9 +12,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from medshard.api.deps import ArchiveDep
+from medshard.api.dicomweb.qido import qido_search
 from medshard.api.dicomweb.query import Level, parse_qido
 from medshard.api.dicomweb.routes_common import ROOT, base_url, dicom_json, require_json
-from medshard.api.dicomweb.service import qido_search
 
 router = APIRouter(prefix=ROOT, tags=["dicomweb"])
 

@@ -16,17 +16,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from medshard.api.deps import ArchiveDep
+from medshard.api.dicomweb.frames import parse_frame_list
+from medshard.api.dicomweb.lookup import InstanceRef, find_instances, representative
+from medshard.api.dicomweb.rendering import THUMBNAIL_SIDE, RenderRequest, rendered, thumbnail_png
 from medshard.api.dicomweb.routes_common import ROOT, RenderCacheDep, negotiate_image
-from medshard.api.dicomweb.service import (
-    THUMBNAIL_SIDE,
-    InstanceRef,
-    RenderRequest,
-    find_instances,
-    parse_frame_list,
-    rendered,
-    representative,
-    thumbnail_png,
-)
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidInputError
 from medshard.ingest.render import RenderCache

@@ -19,7 +19,7 @@ from medshard.api.dicomweb.routes_common import (
     dicom_json,
     require_json,
 )
-from medshard.api.dicomweb.service import receive_parts, store_parts, stow_response
+from medshard.api.dicomweb.stow import receive_parts, store_parts, stow_response
 from medshard.api.errors import PayloadTooLargeError
 from medshard.errors import InvalidInputError, UnsupportedContentError
 

@@ -23,7 +23,19 @@ from fastapi.responses import StreamingResponse
 
 from medshard.api.deps import ArchiveDep
 from medshard.api.dicomweb.dicomjson import resolve_bulkdata_path
+from medshard.api.dicomweb.frames import FrameFormat, frames, parse_frame_list
+from medshard.api.dicomweb.lookup import InstanceRef, find_instances
 from medshard.api.dicomweb.multipart import Body
+from medshard.api.dicomweb.retrieve import (
+    element_bytes,
+    instance_body,
+    instance_metadata,
+    is_encapsulated,
+    json_array_stream,
+    load_dataset,
+    transcode,
+    transfer_syntax_of,
+)
 from medshard.api.dicomweb.routes_common import (
     DICOM_JSON,
     OCTET_STREAM,
@@ -34,21 +46,6 @@ from medshard.api.dicomweb.routes_common import (
     negotiate_frames,
     negotiate_instances,
     require_json,
-)
-from medshard.api.dicomweb.service import (
-    FrameFormat,
-    InstanceRef,
-    element_bytes,
-    find_instances,
-    frames,
-    instance_body,
-    instance_metadata,
-    is_encapsulated,
-    json_array_stream,
-    load_dataset,
-    parse_frame_list,
-    transcode,
-    transfer_syntax_of,
 )
 from medshard.cluster.archive import Archive
 from medshard.errors import MedshardError, NotFoundError

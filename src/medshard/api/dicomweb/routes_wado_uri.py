@@ -14,17 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from medshard.api.deps import ArchiveDep
+from medshard.api.dicomweb.lookup import InstanceRef, find_instances
+from medshard.api.dicomweb.rendering import RenderRequest, rendered
+from medshard.api.dicomweb.retrieve import UNCOMPRESSED, instance_body, transcode
 from medshard.api.dicomweb.routes_common import ROOT, RenderCacheDep
 from medshard.api.dicomweb.routes_rendered import image_response
-from medshard.api.dicomweb.service import (
-    UNCOMPRESSED,
-    InstanceRef,
-    RenderRequest,
-    find_instances,
-    instance_body,
-    rendered,
-    transcode,
-)
 from medshard.api.errors import NotAcceptableError
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidInputError

@@ -1,0 +1,100 @@
+"""Which stored instances a DICOMweb path names: study, series and instance UIDs to catalog rows.
+
+Every WADO-RS, rendered and WADO-URI request starts here, so the UIDs are resolved (and a 404
+raised) before any byte is read or any response begins. The result, :class:`InstanceRef`,
+carries what the other modules need to serve an instance without asking the catalog again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from medshard.api.errors import NotAcceptableError
+from medshard.catalog.models import Instance, Series, StoredObject, Study
+from medshard.cluster.archive import Archive
+from medshard.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """What the catalog knows about one stored instance, enough to serve it."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    size: int
+    instance_pk: int
+    patient_pk: int
+    has_pixels: bool
+
+    def path(self) -> str:
+        """The instance's WADO-RS path below the DICOMweb root."""
+        return f"/studies/{self.study_uid}/series/{self.series_uid}/instances/{self.sop_uid}"
+
+
+def find_instances(
+    archive: Archive, study: str, series: str | None = None, sop: str | None = None
+) -> list[InstanceRef]:
+    """Instances of a study (optionally one series or one instance), in series/instance order.
+
+    Raises
+    ------
+    NotFoundError
+        Nothing matches: the UIDs are unknown, or do not belong together.
+    """
+    query = (
+        select(
+            Study.study_instance_uid,
+            Series.series_instance_uid,
+            Instance.sop_instance_uid,
+            Instance.sop_class_uid,
+            Instance.transfer_syntax_uid,
+            StoredObject.object_key,
+            StoredObject.size,
+            Instance.id,
+            Study.patient_pk,
+            Instance.rows,
+        )
+        .select_from(Instance)
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .join(StoredObject, Instance.object_pk == StoredObject.id)
+        .where(Study.study_instance_uid == study, Instance.deleted.is_(False))
+        .order_by(
+            Series.series_number,
+            Series.series_instance_uid,
+            Instance.instance_number,
+            Instance.sop_instance_uid,
+        )
+    )
+    if series is not None:
+        query = query.where(Series.series_instance_uid == series)
+    if sop is not None:
+        query = query.where(Instance.sop_instance_uid == sop)
+    with archive.catalog.session() as session:
+        rows = session.execute(query).all()
+    if not rows:
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+        raise NotFoundError(f"no {what} in study {study}" if sop or series else f"no {what}")
+    return [InstanceRef(*row[:9], has_pixels=row[9] is not None) for row in rows]
+
+
+def representative(refs: Sequence[InstanceRef]) -> InstanceRef:
+    """The instance that stands for a series or study: the middle image of its first series.
+
+    Raises
+    ------
+    NotAcceptableError
+        No instance has pixel data (e.g. a series of structured reports): nothing to render.
+    """
+    images = [r for r in refs if r.has_pixels]
+    if not images:
+        raise NotAcceptableError("no instance here has pixel data, so there is nothing to render")
+    first = [r for r in images if r.series_uid == images[0].series_uid]
+    return first[len(first) // 2]
