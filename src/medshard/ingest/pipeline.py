@@ -155,7 +155,7 @@ class Ingestor:
         written = archive.store.write(archive.store.patient_key(patient), fh)
 
         def commit(session: Session) -> None:
-            object_pk = archive.store.insert_rows(session, patient, written)
+            object_pk = archive.store.record(session, patient, written)
             instance_values = {
                 "sop_instance_uid": fields.sop_instance_uid,
                 "series_pk": series_pk,

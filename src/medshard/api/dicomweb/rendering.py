@@ -113,11 +113,9 @@ def _persist_thumbnail(archive: Archive, ref: InstanceRef, png: bytes) -> None:
         with archive.catalog.transaction() as session:
             instance = session.get(Instance, ref.instance_pk)
             if instance is not None and instance.thumbnail_object_pk is None:
-                obj = archive.store.record(
+                instance.thumbnail_object_pk = archive.store.record(
                     session, patient, written, kind="thumbnail", content_type="image/png"
                 )
-                session.flush()
-                instance.thumbnail_object_pk = obj.id
                 linked = True
     finally:
         if not linked:  # failed, or another request linked its thumbnail first
