@@ -389,6 +389,23 @@ def bench_dicomweb(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("ai")
+def bench_ai(
+    as_json: JsonOpt = False,
+    images: Annotated[int, typer.Option(help="Timed single-image runs")] = 300,
+    batch: Annotated[int, typer.Option(help="Images per throughput run")] = 256,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """CNN latency (p50/p99) and throughput from DICOM bytes, beside the paper's figures."""
+    from medshard.bench.ai import run_ai_bench
+
+    try:
+        result = run_ai_bench(images=images, batch=batch, device=device)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 def _mount_optional() -> None:
     try:
         from medshard.analysis.cli import ai_app

@@ -128,6 +128,7 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4) -> None:
             "dicomweb_url": f"{service.url}/dicom-web",
             "dimse": {"host": "127.0.0.1", "port": dimse_port, "ae_title": settings.dimse_ae_title},
             "metrics_url": f"{service.url}/metrics",
+            "findings_url": f"{service.url}/api/findings",
             "nodes": [
                 {
                     "name": n.name,

@@ -1,4 +1,8 @@
-"""``medshard ai``: train and evaluate the chest radiograph models.
+"""``medshard ai``: train, evaluate and run the chest radiograph models.
+
+``train``/``eval`` build and measure model packages; ``worker`` serves the durable analysis
+queue that ingest fills (for deployments without ``medshard serve``, or to add capacity);
+``analyze`` runs a model over stored images in batch, locally or on Ray.
 
 The sub-app is mounted by the main CLI as ``medshard ai``; it also runs on its own as
 ``python -m medshard.analysis.cli``. torch is imported inside the commands so that building
@@ -22,7 +26,7 @@ from medshard.errors import MedshardError
 
 ai_app = typer.Typer(
     name="ai",
-    help="Train and evaluate the chest radiograph (pneumonia) models.",
+    help="Train, evaluate and run the chest radiograph (pneumonia) models.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -107,6 +111,111 @@ def eval_cmd(
         typer.echo(json.dumps(_json_safe(result)))
         return
     Console().print(_table(result))
+
+
+@ai_app.command("worker")
+def worker_cmd(
+    home: Path | None = typer.Option(
+        None, "--home", help="Deployment home (default: $MEDSHARD_HOME)"
+    ),
+    once: bool = typer.Option(False, "--once", help="Drain the queue, then exit"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Jobs claimed per round"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end"),
+) -> None:
+    """Serve the analysis queue: jobs enqueued on ingest, with or without `medshard serve`."""
+    import signal
+
+    from medshard.analysis.queue import JobQueue
+    from medshard.analysis.worker import QueueWorker
+    from medshard.cluster.archive import Archive
+
+    try:
+        archive = Archive.open(home)
+    except MedshardError as exc:
+        raise _fail(exc) from exc
+    with archive:
+        worker = QueueWorker(archive, name="cli", batch_size=batch_size)
+        if once:
+            worker.run_once()
+        else:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda _s, _f: worker.stop(timeout=0))
+            _err.print("analysis worker running; Ctrl-C to stop")
+            worker.run_forever()
+        finished = worker.report.as_dict()
+        queue = JobQueue(archive.catalog).counts()
+    if as_json:
+        typer.echo(json.dumps({**finished, "queue": queue}))
+    else:
+        Console().print(
+            f"claimed {finished['claimed']} job(s); queue now: "
+            + ", ".join(f"{k} {v}" for k, v in queue.items())
+        )
+
+
+@ai_app.command("analyze")
+def analyze_cmd(
+    shard: int | None = typer.Option(None, "--shard", help="Analyse one shard"),
+    study: str | None = typer.Option(None, "--study", help="Analyse one study (UID)"),
+    everything: bool = typer.Option(False, "--all", help="Analyse every shard"),
+    executor: str = typer.Option("local", "--executor", help="local (process pool) or ray"),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster instead of starting a local one"
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Processes (local) or CPUs of a local Ray (default: one per CPU)",
+    ),
+    model: list[str] | None = typer.Option(
+        None, "--model", help="Model(s) to run (default: those of the analysis rules)"
+    ),
+    home: Path | None = typer.Option(
+        None, "--home", help="Deployment home (default: $MEDSHARD_HOME)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+) -> None:
+    """Run models over stored images shard by shard, skipping what the same weights did."""
+    from medshard.analysis.batch import Scope, run_batch
+    from medshard.analysis.executors import make_executor
+    from medshard.cli import progress_bar
+    from medshard.cluster.archive import Archive
+
+    scope = Scope(shard=shard, study=study, everything=everything)
+    try:
+        archive = Archive.open(home)
+    except MedshardError as exc:
+        raise _fail(exc) from exc
+    with archive, progress_bar() as bar:
+        task = bar.add_task(f"analysing {scope.describe()}", total=None)
+        try:
+            scope.validate(archive.settings.shards)
+            pool = make_executor(executor, workers=workers, ray_address=ray_address)
+            try:
+                report = run_batch(
+                    archive,
+                    scope,
+                    pool,
+                    models=model or None,
+                    on_plan=lambda n: bar.update(task, total=n),
+                    on_task=lambda r: bar.advance(task, r.instances),
+                )
+            finally:
+                pool.close()
+        except MedshardError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    Console().print(
+        f"{report['scope']}: analysed {report['analysed']}, not eligible "
+        f"{report['not_eligible']}, failed {report['failed']}, already done "
+        f"{report['already_done']} ({report['seconds']:.1f} s, {report['executor']})"
+    )
+    for entry in report["models"]:
+        for line in entry["errors"]:
+            _err.print(f"[yellow]failed[/yellow] {escape(line)}", soft_wrap=True)
 
 
 def _table(r: dict[str, Any]) -> Table:

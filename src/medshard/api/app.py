@@ -17,7 +17,7 @@ from medshard.api.dicomweb import (
     routes_wado_uri,
 )
 from medshard.api.errors import install_error_handlers
-from medshard.api.routes import status
+from medshard.api.routes import findings, status
 from medshard.cluster.archive import Archive
 from medshard.cluster.monitor import HealthMonitor
 from medshard.config import Settings
@@ -53,7 +53,9 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
             expose_headers=["*"],
         )
     install_error_handlers(app)
+    findings.install(app)
     app.include_router(status.router)
+    app.include_router(findings.router)
     app.include_router(routes_stow.router)
     app.include_router(routes_qido.router)
     app.include_router(routes_wado.router)

@@ -194,3 +194,66 @@ class Instance(Base):
 
 Index("ix_replicas_chunk_state", Replica.chunk_pk, Replica.state)
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
+
+
+class AnalysisJob(Base):
+    """One model to run on one instance: the durable queue behind analysis on ingest.
+
+    Rows are added by the ingest hook in the instance's own transaction, so an acknowledged
+    image always has its job. Workers claim rows by setting a lease (``lease_owner`` until
+    ``lease_expires_at``); a crashed worker's lease simply expires and the job is claimed
+    again. ``state`` is pending, running, done, failed or not_eligible; ``error`` says why
+    for the last two. Linked by SOP Instance UID, not by key, because the hook runs before
+    the instance row has been flushed.
+    """
+
+    __tablename__ = "analysis_jobs"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "model", name="uq_analysis_jobs_sop_model"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    model_sha256: Mapped[str] = mapped_column(String(64), default="")
+    error: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Finding(Base):
+    """A model's verdict on one instance, with exactly which weights produced it.
+
+    At most one per instance and model hash, so re-running a batch or a retried job can
+    never add a duplicate. ``sr_sop_instance_uid`` names the DICOM SR stored with the study.
+    """
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "model_sha256", name="uq_findings_sop_model_sha256"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(128), default="", index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    model_id: Mapped[str] = mapped_column(String(128))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    positive: Mapped[bool] = mapped_column(Boolean)
+    sr_sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    sr_series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+Index("ix_analysis_jobs_claim", AnalysisJob.state, AnalysisJob.available_at)
