@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +18,10 @@ from rich.table import Table
 from sqlalchemy import select
 
 from medshard.config import load_settings, resolve_home
-from medshard.errors import MedshardError
+from medshard.errors import MedshardError, NotFoundError
+
+if TYPE_CHECKING:
+    from medshard.cluster.archive import Archive
 
 app = typer.Typer(help="medshard: regional medical image archive", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print JSON figures", no_args_is_help=True)
@@ -161,23 +164,19 @@ def get(
     home: HomeOpt = None,
 ) -> None:
     """Write one stored instance, byte-identical to what was imported."""
-    from medshard.catalog.models import Instance
     from medshard.cluster.archive import Archive
 
     try:
         with Archive.open(home) as archive:
-            with archive.catalog.session() as session:
-                inst = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop))
-                if inst is None:
-                    raise _fail(f"no instance with SOP Instance UID {sop}", 2)
-                key = inst.obj.object_key
-            _write_object(archive, key, output)
+            _write_object(archive, archive.store.load_key_of_instance(sop), output)
+    except NotFoundError as exc:
+        raise _fail(str(exc), 2) from exc
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"wrote {output}")
 
 
-def _write_object(archive: Any, object_key: str, output: Path) -> None:
+def _write_object(archive: Archive, object_key: str, output: Path) -> None:
     """Stream an object to a file, atomically (a failed read leaves no partial file)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".part")
@@ -197,28 +196,27 @@ def export(
     home: HomeOpt = None,
 ) -> None:
     """Write every instance of a study as SERIES_UID/SOP_UID.dcm."""
-    from medshard.catalog.models import Instance, Series, Study
+    from medshard.catalog.models import Instance, Series, StoredObject, Study
     from medshard.cluster.archive import Archive
 
     try:
         with Archive.open(home) as archive:
             with archive.catalog.session() as session:
                 rows = session.execute(
-                    select(Series.series_instance_uid, Instance.sop_instance_uid)
+                    select(
+                        Series.series_instance_uid,
+                        Instance.sop_instance_uid,
+                        StoredObject.object_key,
+                    )
                     .join(Instance, Instance.series_pk == Series.id)
+                    .join(StoredObject, Instance.object_pk == StoredObject.id)
                     .join(Study, Series.study_pk == Study.id)
                     .where(Study.study_instance_uid == study)
                 ).all()
-                keys = {
-                    sop: session.scalar(
-                        select(Instance).where(Instance.sop_instance_uid == sop)
-                    ).obj.object_key  # type: ignore[union-attr]
-                    for _s, sop in rows
-                }
             if not rows:
                 raise _fail(f"no study with Study Instance UID {study}", 2)
-            for series_uid, sop in rows:
-                _write_object(archive, keys[sop], out_dir / series_uid / f"{sop}.dcm")
+            for series_uid, sop, object_key in rows:
+                _write_object(archive, object_key, out_dir / series_uid / f"{sop}.dcm")
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"exported {len(rows)} instance(s) to {out_dir}")
