@@ -174,7 +174,7 @@ def _chest_xrays(home: Path) -> list[Path]:
 
 def _print_banner(info: dict[str, Any]) -> None:
     print("medshard demo is running (Ctrl-C to stop)")
-    print(f"  API and web UI:  {info['api_url']}")
+    print(f"  API:             {info['api_url']}")
     print(f"  cluster status:  {info['api_url']}/api/status")
     print(f"  DICOMweb:        {info['dicomweb_url']}")
     dimse = info["dimse"]
