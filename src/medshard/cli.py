@@ -127,7 +127,8 @@ def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive)")],
     home: HomeOpt = None,
     as_json: JsonOpt = False,
-    workers: Annotated[int, typer.Option(help="Files imported in parallel")] = 0,
+    workers: Annotated[int, typer.Option(help="Files imported in parallel per process")] = 0,
+    processes: Annotated[int, typer.Option(help="Importer processes (use the cores)")] = 1,
 ) -> None:
     """Import DICOM files and folders; non-DICOM files are rejected with a reason."""
     from medshard.cluster.archive import Archive
@@ -143,6 +144,7 @@ def import_(
             archive,
             paths,
             workers=workers,
+            processes=processes,
             on_total=lambda n: bar.update(task, total=n),
             on_done=lambda _o: bar.advance(task),
         )

@@ -65,7 +65,7 @@ class Settings:
     #: Timeout for one request to a storage node (seconds).
     node_timeout_s: float = 30.0
     #: Parallel file imports in ``medshard import``.
-    import_workers: int = 4
+    import_workers: int = 8
     #: Application service bind address.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
