@@ -102,3 +102,19 @@ def test_dicom_without_preamble_is_recognised_by_content(
     out = tmp_path / "back"
     sqlite_deployment.cli("get", "--sop", str(ds.SOPInstanceUID), "-o", str(out))
     assert out.read_bytes() == raw.read_bytes()
+
+
+def test_import_over_several_processes_is_complete_and_byte_identical(
+    sqlite_deployment: Deployment, tmp_path: Path
+) -> None:
+    series = shared_dicom("mr-deident-series")
+    report = sqlite_deployment.cli_json("import", str(series), "--processes", "2")
+    assert len(report["imported"]) == 196
+    assert [Path(r["path"]).name for r in report["rejected"]] == ["LICENSE"]
+    assert len({i["sop_instance_uid"] for i in report["imported"]}) == 196
+    for item in report["imported"][::40]:
+        out = tmp_path / f"{item['sop_instance_uid']}.dcm"
+        sqlite_deployment.cli("get", "--sop", item["sop_instance_uid"], "-o", str(out))
+        assert _sha(out) == _sha(Path(item["path"]))
+    again = sqlite_deployment.cli_json("import", str(series), "--processes", "2")
+    assert again["imported"] == [] and len(again["duplicates"]) == 196
