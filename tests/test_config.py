@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from medshard.config import AnalysisRule, NodeEntry, load_settings, new_settings
+from medshard.config import AnalysisRule, load_settings, new_settings
 from medshard.errors import ConfigError
 
 
 def test_settings_round_trip(tmp_path: Path) -> None:
     settings = new_settings(tmp_path, replicas=5, write_quorum=3)
-    settings.nodes = [NodeEntry("n1", "http://127.0.0.1:1", 'site "A"')]
+    settings.cors_origins = ['https://viewer.example "A"']
     settings.dimse_destinations = {"ORTHANC": ["127.0.0.1", 4242]}
     settings.analysis_rules = [AnalysisRule(model="m", modalities=["DX"])]
     settings.save()

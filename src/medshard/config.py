@@ -24,16 +24,6 @@ HOME_ENV = "MEDSHARD_HOME"
 
 
 @dataclass
-class NodeEntry:
-    """A storage node known to the metadata service (registered by ``medshard node`` or config)."""
-
-    name: str
-    url: str
-    site: str
-    capacity_bytes: int = 0
-
-
-@dataclass
 class AnalysisRule:
     """Maps images to a model: every field that is set must match the instance."""
 
@@ -79,8 +69,6 @@ class Settings:
     cors_origins: list[str] = field(default_factory=list)
     #: Analysis on ingest: rules mapping images to models; empty disables it.
     analysis_rules: list[AnalysisRule] = field(default_factory=lambda: [AnalysisRule()])
-    #: Storage nodes known to this deployment.
-    nodes: list[NodeEntry] = field(default_factory=list)
 
     @property
     def config_path(self) -> Path:
@@ -147,7 +135,6 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"unknown settings in {home / CONFIG_NAME}: {sorted(unknown)}")
     values = dict(raw)
-    values["nodes"] = [NodeEntry(**n) for n in raw.get("nodes", [])]
     if "analysis_rules" in raw:
         values["analysis_rules"] = [AnalysisRule(**r) for r in raw["analysis_rules"]]
     settings = Settings(home=home, **values)
@@ -188,7 +175,7 @@ def _to_toml(data: dict[str, Any]) -> str:
     for key, value in data.items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             tables.append((key, value))
-        elif isinstance(value, list) and not value and key in ("nodes", "analysis_rules"):
+        elif isinstance(value, list) and not value and key == "analysis_rules":
             lines.append(f"{key} = []")
         else:
             lines.append(f"{key} = {_toml_value(value)}")

@@ -14,7 +14,6 @@ import time
 
 from medshard import metrics
 from medshard.cluster.archive import Archive
-from medshard.cluster.health import NodeState
 from medshard.cluster.repair import repair, under_replicated_objects
 
 log = logging.getLogger(__name__)
@@ -74,6 +73,3 @@ class HealthMonitor:
             except Exception:  # the loop must survive a bad tick; the error is logged
                 log.exception("health monitor tick failed")
 
-
-def dead_nodes(archive: Archive) -> list[str]:
-    return [n for n, h in archive.pool.nodes.items() if h.state == NodeState.DEAD]

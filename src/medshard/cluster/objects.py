@@ -296,7 +296,7 @@ class ObjectStore:
         digest = hashlib.sha256()
         start = time.perf_counter()
         for chunk in obj.chunks:
-            plain = cipher.open(chunk.idx, self._fetch_verified(chunk))
+            plain = cipher.open(chunk.idx, self.fetch_verified(chunk))
             digest.update(plain)
             yield plain
         if digest.hexdigest() != obj.sha256:
@@ -318,7 +318,7 @@ class ObjectStore:
 
         return sorted(chunk.replicas, key=rank)
 
-    def _fetch_verified(self, chunk: Chunk) -> bytes:
+    def fetch_verified(self, chunk: Chunk) -> bytes:
         errors: list[str] = []
         for replica in self.ordered_replicas(chunk):
             handle = self.pool.by_pk(replica.node_pk)

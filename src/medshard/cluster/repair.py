@@ -98,7 +98,7 @@ def repair_shard(store: ObjectStore, shard: int, report: RepairReport) -> None:
 
 
 def _restore(store: ObjectStore, chunk: Chunk, k: int, report: RepairReport) -> None:
-    data = store._fetch_verified(chunk)
+    data = store.fetch_verified(chunk)
     pool = store.pool
     with store.catalog.session() as session:  # states may have changed during the fetch
         replicas = session.scalars(select(Replica).where(Replica.chunk_pk == chunk.id)).all()
