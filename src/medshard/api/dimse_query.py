@@ -24,14 +24,21 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from medshard.catalog.matching import AnyOf, Condition, Range, SingleValue, Wildcard
+from medshard.catalog.matching import (
+    RANGE_VRS,
+    AnyOf,
+    Condition,
+    SingleValue,
+    Wildcard,
+    parse_range,
+)
 from medshard.catalog.search import ATTRIBUTES, DEPTH, Level
 from medshard.errors import InvalidInputError
 
@@ -60,13 +67,6 @@ _SERVICE_KEYS: Final = frozenset(
 #: Catalog strings are Unicode; answer in UTF-8 so any name round-trips.
 RESPONSE_CHARSET: Final = "ISO_IR 192"
 
-_DATE_TIME: Final[dict[str, str]] = {
-    "DA": r"\d{8}",
-    "TM": r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?",
-    "DT": r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?",
-}
-_SINGLE: Final = {vr: re.compile(rx) for vr, rx in _DATE_TIME.items()}
-_RANGE: Final = {vr: re.compile(f"({rx})?-({rx})?") for vr, rx in _DATE_TIME.items()}
 _UID: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _NUMERIC_VRS: Final = frozenset({"IS", "US", "UL", "SS", "SL", "DS", "FL", "FD"})
 
@@ -135,8 +135,8 @@ def condition_of(keyword: str, vr: str, raw: str) -> Condition | None:
     value = raw.strip()
     if value in ("", "*"):
         return None
-    if vr in _SINGLE:
-        return _date_time(keyword, vr, value)
+    if vr in RANGE_VRS:
+        return parse_range(keyword, vr, value)
     items = [v.strip() for v in value.split("\\")]
     if vr == "UI":
         bad = [v for v in items if len(v) > 64 or not _UID.fullmatch(v)]
@@ -154,20 +154,6 @@ def condition_of(keyword: str, vr: str, raw: str) -> Condition | None:
         return AnyOf(tuple(dict.fromkeys(items)))
     ignore_case = vr == "PN"
     return Wildcard(value, ignore_case) if wild else SingleValue(value, ignore_case)
-
-
-def _date_time(keyword: str, vr: str, value: str) -> Range:
-    rvr: Literal["DA", "TM", "DT"] = "DA" if vr == "DA" else "TM" if vr == "TM" else "DT"
-    if _SINGLE[vr].fullmatch(value):
-        return Range(rvr, value, value)
-    m = _RANGE[vr].fullmatch(value)
-    if m is None or value == "-":
-        raise InvalidInputError(f"{keyword}: {value!r} is not a {vr} value or range")
-    result = Range(rvr, m.group(1), m.group(2))
-    lo, hi = result.bounds()
-    if lo is not None and hi is not None and lo > hi:
-        raise InvalidInputError(f"{keyword}: range {value!r} ends before it starts")
-    return result
 
 
 def _response_vr(elem: DataElement) -> str:

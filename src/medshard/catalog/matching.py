@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Final, Literal
 
+from medshard.errors import InvalidInputError
+
 LIKE_ESCAPE: Final = "\\"
 
 _DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
@@ -150,3 +152,26 @@ def to_sql_like(pattern: str) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+#: The VRs matched by (single-point or open) ranges.
+RANGE_VRS: Final = frozenset(_VALUE_RE)
+
+
+def parse_range(keyword: str, vr: str, value: str) -> Range:
+    """A DA/TM/DT matching value: a single value (a one-point range) or ``low-high`` with either
+    end open. Shared by QIDO-RS and C-FIND, whose range syntax is the same (PS3.4 C.2.2.2.5)."""
+    rvr: Literal["DA", "TM", "DT"] = "DA" if vr == "DA" else "TM" if vr == "TM" else "DT"
+    if _VALUE_RE[vr].fullmatch(value):
+        return Range(rvr, value, value)
+    m = _RANGE_RE[vr].fullmatch(value)
+    if m is None or value == "-":
+        raise InvalidInputError(
+            f"{keyword}: {value!r} is not a {vr} value or range "
+            f"(e.g. {'20200101-20201231' if vr == 'DA' else '080000-120000'})"
+        )
+    result = Range(rvr, m.group(1), m.group(2))
+    lo, hi = result.bounds()
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidInputError(f"{keyword}: range {value!r} ends before it starts")
+    return result

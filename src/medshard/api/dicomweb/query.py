@@ -28,15 +28,15 @@ from typing import Final, Literal, get_args
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from medshard.catalog.matching import (
-    _RANGE_RE,
-    _VALUE_RE,
     LIKE_ESCAPE,
+    RANGE_VRS,
     AnyOf,
     Condition,
     Range,
     SingleValue,
     Wildcard,
     matches,
+    parse_range,
     to_sql_like,
 )
 from medshard.errors import InvalidInputError
@@ -262,8 +262,8 @@ def _condition(keyword: str, vr: str, raw: str) -> Condition | None:
     wild = "*" in value or "?" in value
     if wild and vr in _NO_WILDCARD_VRS:
         raise InvalidInputError(f"{keyword}: wildcards are not allowed for {vr} values")
-    if vr in _VALUE_RE:
-        return _range(keyword, vr, value)
+    if vr in RANGE_VRS:
+        return parse_range(keyword, vr, value)
     if vr in _LIST_VRS:
         items = tuple(v.strip() for v in re.split(r"[,\\]", value))
         if any(not v for v in items):
@@ -279,24 +279,6 @@ def _condition(keyword: str, vr: str, raw: str) -> Condition | None:
         value = items[0]
     ignore_case = vr == "PN"
     return Wildcard(value, ignore_case) if wild else SingleValue(value, ignore_case)
-
-
-def _range(keyword: str, vr: str, value: str) -> Range:
-    rvr: Literal["DA", "TM", "DT"] = "DA" if vr == "DA" else "TM" if vr == "TM" else "DT"
-    if _VALUE_RE[vr].fullmatch(value):
-        return Range(rvr, value, value)
-    m = _RANGE_RE[vr].fullmatch(value)
-    if m is None or value == "-":
-        raise InvalidInputError(
-            f"{keyword}: {value!r} is not a {vr} value or range "
-            f"(e.g. {'20200101-20201231' if vr == 'DA' else '080000-120000'})"
-        )
-    low, high = m.group(1), m.group(2)
-    result = Range(rvr, low, high)
-    lo, hi = result.bounds()
-    if lo is not None and hi is not None and lo > hi:
-        raise InvalidInputError(f"{keyword}: range {value!r} ends before it starts")
-    return result
 
 
 def _pairs(
