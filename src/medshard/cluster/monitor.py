@@ -72,4 +72,3 @@ class HealthMonitor:
                 self.tick()
             except Exception:  # the loop must survive a bad tick; the error is logged
                 log.exception("health monitor tick failed")
-
