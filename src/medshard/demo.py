@@ -119,7 +119,7 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4) -> None:
             home, port, logs / "service.log", ["--dimse-port", str(dimse_port)]
         )
         service.wait_ready()
-        sample = [sample_dicom_dir()]
+        sample = sorted(sample_dicom_dir().glob("*.dcm"))
         sample.extend(_chest_xrays(home))
         report = import_paths(home, sample)
         info: dict[str, Any] = {

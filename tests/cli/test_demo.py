@@ -46,7 +46,7 @@ def test_demo_starts_nodes_service_and_data_then_stops_every_child(tmp_path: Pat
         assert info["home"] == str(home)
         assert len(info["nodes"]) >= 4
         assert len({n["site"] for n in info["nodes"]}) >= 3
-        assert info["imported"] > 0
+        assert info["imported"] > 0 and info["rejected"] == 0
         status = httpx.get(f"{info['api_url']}/api/status", timeout=30).json()
         assert status["objects"] >= info["imported"]
         assert all(n["state"] == "alive" for n in status["nodes"])
