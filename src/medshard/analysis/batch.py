@@ -15,8 +15,6 @@ storing its SR and committing its finding is finished without a duplicate of eit
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -24,19 +22,19 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, exists, func, select
 
 from medshard.analysis.executors import Executor
 from medshard.analysis.findings import SKIPPED, record_outcome
+from medshard.analysis.package import package_identity
 from medshard.analysis.queue import NOT_ELIGIBLE, SR_CLASS_PREFIX
 from medshard.analysis.worker import Analyser
 from medshard.catalog.models import AnalysisJob, Finding, Instance, Patient, Series, Study
 from medshard.cluster.archive import Archive
 from medshard.config import AnalysisRule
-from medshard.errors import AnalysisError, InvalidInputError, NotFoundError
+from medshard.errors import InvalidInputError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -200,44 +198,9 @@ def run_task(task: BatchTask) -> TaskResult:
 
 
 def model_hash(model: str) -> tuple[str, str]:
-    """(sha256, model id) of a model package, read from the package without importing torch.
-
-    The driver only needs to know which weights will run, to skip what they already did;
-    importing torch for that would add seconds to every batch. The package layout (a
-    directory with ``model.pt``, ``sha256`` and ``model_card.json``; bare names are shipped
-    packages) is the one :mod:`medshard.analysis.model` defines; the workers' ``load_model``
-    verifies the weights against the same hash.
-
-    Raises
-    ------
-    AnalysisError
-        If there is no such package.
-    """
-    directory = Path(model)
-    if not directory.is_dir():
-        directory = Path(__file__).resolve().parent / "models" / model
-    card_path, weights, recorded = (
-        directory / "model_card.json",
-        directory / "model.pt",
-        directory / "sha256",
-    )
-    if not card_path.is_file() or not weights.is_file():
-        raise AnalysisError(f"no model {model!r}: not a model package directory or shipped name")
-    if recorded.is_file() and recorded.read_text(encoding="utf-8").split():
-        sha = recorded.read_text(encoding="utf-8").split()[0].lower()
-    else:
-        digest = hashlib.sha256()
-        with weights.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        sha = digest.hexdigest()
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AnalysisError(f"{card_path}: unreadable model card ({exc})") from exc
-    name = str(card.get("name", directory.name)) if isinstance(card, dict) else directory.name
-    model_id = card.get("model_id") if isinstance(card, dict) else None
-    return sha, str(model_id or f"{name}:{sha[:12]}")
+    """(sha256, model id) of the model that will run, without importing torch: the driver
+    only needs to know which weights will run, to skip what they already did."""
+    return package_identity(model)
 
 
 def run_batch(

@@ -11,9 +11,6 @@ Shipped packages live in ``medshard/analysis/models/<name>/`` and are loaded by 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,28 +21,38 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from medshard.analysis.package import (
+    CARD_JSON,
+    CARD_MD,
+    HASH_FILE,
+    WEIGHTS,
+    file_sha256,
+    models_dir,
+    read_card,
+    resolve_model_dir,
+    shipped_models,
+)
 from medshard.errors import AnalysisError
 
-WEIGHTS = "model.pt"
-CARD_JSON = "model_card.json"
-CARD_MD = "MODEL_CARD.md"
-HASH_FILE = "sha256"
 ARCHITECTURE = "PneumoniaCNN"
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-
-
-def models_dir() -> Path:
-    """Directory of the model packages shipped inside the medshard package."""
-    return Path(__file__).resolve().parent / "models"
-
-
-def shipped_models() -> list[str]:
-    """Names of shipped models, for error messages and CLIs."""
-    root = models_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / CARD_JSON).is_file())
+__all__ = [
+    "ARCHITECTURE",
+    "CARD_JSON",
+    "CARD_MD",
+    "HASH_FILE",
+    "WEIGHTS",
+    "Ensemble",
+    "LoadedModel",
+    "PneumoniaCNN",
+    "build_network",
+    "file_sha256",
+    "load_model",
+    "models_dir",
+    "read_card",
+    "resolve_model_dir",
+    "shipped_models",
+]
 
 
 class PneumoniaCNN(nn.Module):
@@ -127,15 +134,6 @@ def build_network(arch: dict[str, Any]) -> Ensemble:
     return Ensemble([PneumoniaCNN(channels, dropout) for _ in range(members)])
 
 
-def file_sha256(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class LoadedModel:
     """A verified model package ready for inference.
@@ -194,40 +192,6 @@ class LoadedModel:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """0/1 calls at the model's threshold."""
         return (self.predict_proba(batch) >= self.threshold).astype(np.int64)
-
-
-def resolve_model_dir(name_or_dir: str | Path) -> Path:
-    """A package directory from a path or a shipped model's name.
-
-    A path that exists wins, so a locally trained package can shadow nothing by accident:
-    bare names only ever resolve inside the shipped models directory.
-    """
-    p = Path(name_or_dir)
-    if p.is_dir():
-        return p
-    name = str(name_or_dir)
-    if _NAME.match(name):
-        shipped = models_dir() / name
-        if shipped.is_dir():
-            return shipped
-    known = ", ".join(shipped_models()) or "none"
-    raise AnalysisError(
-        f"no model {name!r}: not a directory and not a shipped model (shipped: {known})"
-    )
-
-
-def read_card(model_dir: Path) -> dict[str, Any]:
-    """Parse ``model_card.json``; AnalysisError if it is missing or not a JSON object."""
-    path = model_dir / CARD_JSON
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise AnalysisError(f"{model_dir}: no {CARD_JSON}; not a model package") from exc
-    except (OSError, ValueError) as exc:
-        raise AnalysisError(f"{path}: unreadable model card ({exc})") from exc
-    if not isinstance(card, dict):
-        raise AnalysisError(f"{path}: model card is not a JSON object")
-    return card
 
 
 def load_model(name_or_dir: str | Path, *, device: str = "cpu") -> LoadedModel:
