@@ -8,6 +8,9 @@ study. Non-chest and corrupt images get a "not eligible" record instead, never a
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,6 +196,28 @@ def test_service_analyses_cli_imports_and_stow_and_keeps_jobs_over_a_restart(
         assert stored.status_code == 200, stored.text
         [stow_finding] = _poll(lambda: _findings_of(svc.url, stow_study))
         assert stow_finding["sop_instance_uid"] == stow_sop
+
+        # 3. DIMSE C-STORE from a real modality-side tool (dcmtk's storescu).
+        assert shutil.which("storescu"), "dcmtk's storescu is needed (make test installs it)"
+        dimse_study, dimse_sop, _p = _uids(demo_files[3])
+        subprocess.run(
+            [
+                "storescu",
+                "-aet",
+                "MODALITY",
+                "-aec",
+                svc.ae_title,
+                "127.0.0.1",
+                str(svc.dimse_port),
+                str(demo_files[3]),
+            ],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        [dimse_finding] = _poll(lambda: _findings_of(svc.url, dimse_study))
+        assert dimse_finding["sop_instance_uid"] == dimse_sop
     finally:
         svc.process.stop()
 
@@ -209,10 +234,10 @@ def test_service_analyses_cli_imports_and_stow_and_keeps_jobs_over_a_restart(
         assert late["sop_instance_uid"] == late_sop
         every = [
             f
-            for s in (study, stow_study, late_study)
+            for s in (study, stow_study, dimse_study, late_study)
             for f in json.loads(httpx.get(f"{svc.url}/api/studies/{s}/findings").text)["findings"]
         ]
-        assert len(every) == 3  # one finding per image, none twice
+        assert len(every) == 4  # one finding per image, none twice
     finally:
         svc.process.stop()
     assert np.isfinite([f["probability"] for f in every]).all()
