@@ -69,15 +69,27 @@ def _reset_pg(url: str) -> None:
     engine.dispose()
 
 
+#: The service account every deployment has (site st-marys): tests store and read as it.
+TEST_ACCOUNT = "test-pacs"
+TEST_SITE = "st-marys"
+#: Calling AE titles allowed in every deployment, acting as the test account.
+TEST_AES = ("MEDTEST", "STORESCU", "FINDSCU", "MOVESCU", "GETSCU", "ECHOSCU")
+
+
 @dataclass
 class Deployment:
     home: Path
     settings: Settings
     nodes: list[NodeProcess]
     runner: CliRunner = field(default_factory=CliRunner)
+    #: API token of the test service account, passed to CLI data commands.
+    token: str = ""
 
-    def cli(self, *args: str, ok: bool = True) -> Any:
-        result = self.runner.invoke(app, [*args, "--home", str(self.home)], catch_exceptions=False)
+    def cli(self, *args: str, ok: bool = True, token: str | None = None) -> Any:
+        env = {"MEDSHARD_TOKEN": self.token if token is None else token}
+        result = self.runner.invoke(
+            app, [*args, "--home", str(self.home)], catch_exceptions=False, env=env
+        )
         if ok and result.exit_code != 0:
             raise AssertionError(f"medshard {' '.join(args)} failed:\n{result.output}")
         return result
@@ -121,7 +133,12 @@ def make_deployment(
         proc.wait_ready()
         register_node(catalog, name=proc.name, url=proc.url, site=proc.site, capacity_bytes=0)
     catalog.dispose()
-    return Deployment(home=home, settings=settings, nodes=nodes, runner=runner)
+    dep = Deployment(home=home, settings=settings, nodes=nodes, runner=runner)
+    dep.cli("user", "add", TEST_ACCOUNT, "--role", "service", "--site", TEST_SITE)
+    dep.token = dep.cli_json("token", "create", TEST_ACCOUNT)["token"]
+    for ae in TEST_AES:
+        dep.cli("dicom", "allow", ae, "--user", TEST_ACCOUNT)
+    return dep
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -169,15 +186,24 @@ class Service:
     ae_title: str
     process: Any
 
+    #: Bearer token of the deployment's test service account (full store/read on its site).
+    token: str = ""
+
     @property
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate as the test service account."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 def start_service(dep: Deployment, **overrides: Any) -> Service:
     """Apply setting overrides to the deployment's home, then start the service on free ports."""
     from medshard.demo import ServiceProcess
 
+    for ae in overrides.pop("dimse_allowed_aes", []):  # allowed as the test account
+        dep.cli("dicom", "allow", ae, "--user", TEST_ACCOUNT)
     settings = load_settings(dep.home)
     for key, value in overrides.items():
         setattr(settings, key, value)
@@ -188,7 +214,7 @@ def start_service(dep: Deployment, **overrides: Any) -> Service:
         dep.home, port, dep.home / "service.log", ["--dimse-port", str(dimse_port)]
     )
     proc.wait_ready()
-    return Service(dep, proc.url, dimse_port, settings.dimse_ae_title, proc)
+    return Service(dep, proc.url, dimse_port, settings.dimse_ae_title, proc, token=dep.token)
 
 
 @pytest.fixture

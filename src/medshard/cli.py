@@ -22,6 +22,7 @@ from medshard.errors import MedshardError, NotFoundError
 
 if TYPE_CHECKING:
     from medshard.cluster.archive import Archive
+    from medshard.security.gate import Gate
 
 app = typer.Typer(help="medshard: regional medical image archive", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print JSON figures", no_args_is_help=True)
@@ -33,6 +34,15 @@ HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Deployment home (default: $MEDSHARD_HOME)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MEDSHARD_TOKEN",
+        help="Bearer token to act for (a service account's API token or an access token)",
+        show_default=False,
+    ),
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -129,13 +139,17 @@ def import_(
     as_json: JsonOpt = False,
     workers: Annotated[int, typer.Option(help="Files imported in parallel per process")] = 0,
     processes: Annotated[int, typer.Option(help="Importer processes (use the cores)")] = 1,
+    token: TokenOpt = None,
 ) -> None:
-    """Import DICOM files and folders; non-DICOM files are rejected with a reason."""
+    """Import DICOM files and folders as the token's account (attributed to its site)."""
     from medshard.cluster.archive import Archive
     from medshard.ingest.batch import import_files
+    from medshard.security.local import store_access_for, token_caller
 
     try:
         archive = Archive.open(home)
+        with _gate(archive) as gate:
+            gate.store_hook(token_caller(gate, token).principal)  # refuse before any work
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
     with archive, progress_bar() as bar:
@@ -143,6 +157,7 @@ def import_(
         report = import_files(
             archive,
             paths,
+            access=store_access_for(token or ""),
             workers=workers,
             processes=processes,
             on_total=lambda n: bar.update(task, total=n),
@@ -164,18 +179,40 @@ def get(
     sop: Annotated[str, typer.Option("--sop", help="SOP Instance UID")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the file")],
     home: HomeOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Write one stored instance, byte-identical to what was imported."""
+    """Write one stored instance, byte-identical to what was imported (as the token's caller)."""
+    from medshard.catalog.models import Instance, Series, Study
     from medshard.cluster.archive import Archive
+    from medshard.security.context import acting_as
+    from medshard.security.local import token_caller
+    from medshard.security.policy import visible_studies
 
     try:
-        with Archive.open(home) as archive:
+        with Archive.open(home) as archive, _gate(archive) as gate:
+            caller = token_caller(gate, token)
+            with acting_as(caller), archive.catalog.session() as session:
+                row = session.execute(
+                    select(Study.study_instance_uid, Study.patient_pk)
+                    .join(Series, Series.study_pk == Study.id)
+                    .join(Instance, Instance.series_pk == Series.id)
+                    .where(Instance.sop_instance_uid == sop, visible_studies(caller.principal))
+                ).first()
+            if row is None:
+                raise NotFoundError(f"no instance with SOP Instance UID {sop}")
+            gate.read(caller.principal, "export", patient_pk=row[1], study_uid=row[0], sop_uid=sop)
             _write_object(archive, archive.store.load_key_of_instance(sop), output)
     except NotFoundError as exc:
         raise _fail(str(exc), 2) from exc
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"wrote {output}")
+
+
+def _gate(archive: Archive) -> Gate:
+    from medshard.security.gate import Gate
+
+    return Gate(archive)
 
 
 def _write_object(archive: Archive, object_key: str, output: Path) -> None:
@@ -196,13 +233,19 @@ def export(
     study: Annotated[str, typer.Option("--study", help="Study Instance UID")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into")],
     home: HomeOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Write every instance of a study as SERIES_UID/SOP_UID.dcm."""
+    """Write every instance of a study as SERIES_UID/SOP_UID.dcm (as the token's caller)."""
     from medshard.catalog.models import Instance, Series, StoredObject, Study
     from medshard.cluster.archive import Archive
+    from medshard.security.local import token_caller
+    from medshard.security.policy import visible_studies
 
     try:
-        with Archive.open(home) as archive:
+        with Archive.open(home) as archive, _gate(archive) as gate:
+            caller = token_caller(gate, token)
+            found = gate.study_visible(caller.principal, study)
+            gate.read(caller.principal, "export", patient_pk=found.patient_pk, study_uid=study)
             with archive.catalog.session() as session:
                 rows = session.execute(
                     select(
@@ -213,7 +256,7 @@ def export(
                     .join(Instance, Instance.series_pk == Series.id)
                     .join(StoredObject, Instance.object_pk == StoredObject.id)
                     .join(Study, Series.study_pk == Study.id)
-                    .where(Study.study_instance_uid == study)
+                    .where(Study.study_instance_uid == study, visible_studies(caller.principal))
                 ).all()
             if not rows:
                 raise _fail(f"no study with Study Instance UID {study}", 2)
@@ -311,21 +354,60 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
     dimse_port: Annotated[int | None, typer.Option("--dimse-port")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM)")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="Private key of --tls-cert (PEM)")
+    ] = None,
 ) -> None:
     """Run the application service (REST, DICOMweb, DIMSE, metrics)."""
     from medshard.api.server import run_service
+    from medshard.security.tls import check_pair, resolve
 
     try:
         settings = load_settings(home)
+        if host:
+            settings.api_host = host
+        if port:
+            settings.api_port = port
+        if dimse_port is not None:
+            settings.dimse_port = dimse_port
+        if tls_cert is not None or tls_key is not None:
+            settings.tls_cert = str(tls_cert.resolve()) if tls_cert else ""
+            settings.tls_key = str(tls_key.resolve()) if tls_key else ""
+        check_pair(
+            resolve(settings.home, settings.tls_cert),
+            resolve(settings.home, settings.tls_key),
+            "HTTPS (--tls-cert/--tls-key, tls_cert/tls_key)",
+        )
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
-    if host:
-        settings.api_host = host
-    if port:
-        settings.api_port = port
-    if dimse_port is not None:
-        settings.dimse_port = dimse_port
     run_service(settings)
+
+
+tls_app = typer.Typer(help="TLS certificates for HTTPS and DICOM TLS", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
+
+
+@tls_app.command("self-signed")
+def tls_self_signed(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for server.crt and server.key")],
+    hosts: Annotated[
+        list[str] | None, typer.Option("--host", help="Name or IP it is valid for (repeatable)")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days")] = 365,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a self-signed certificate and key (for tests and demos; key file mode 0600)."""
+    from medshard.security.tls import LOOPBACK_HOSTS, write_self_signed
+
+    pair = write_self_signed(out_dir, hosts=hosts or LOOPBACK_HOSTS, days=days)
+    if as_json:
+        print(json.dumps({"cert": str(pair.cert), "key": str(pair.key)}))
+        return
+    out.print(f"certificate {pair.cert}\nkey         {pair.key}")
+    out.print(f"serve with: medshard serve --tls-cert {pair.cert} --tls-key {pair.key}")
 
 
 @app.command("dimse")
@@ -351,12 +433,13 @@ def demo(
     home: Annotated[Path, typer.Option(help="Demo home")] = Path("medshard-demo"),
     port: Annotated[int, typer.Option(help="API port")] = 8080,
     nodes: Annotated[int, typer.Option(help="Storage-node processes")] = 4,
+    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS (self-signed pair)")] = False,
 ) -> None:
     """Start a local deployment with node processes, sample data and the service."""
     from medshard.demo import run_demo
 
     try:
-        run_demo(home.resolve(), port=port, node_count=nodes)
+        run_demo(home.resolve(), port=port, node_count=nodes, tls=tls)
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
 
@@ -406,6 +489,12 @@ def bench_ai(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+def _mount_security() -> None:
+    from medshard.cli_security import mount
+
+    mount(app)
+
+
 def _mount_optional() -> None:
     try:
         from medshard.analysis.cli import ai_app
@@ -423,6 +512,7 @@ def _mount_optional() -> None:
 
 
 _mount_optional()
+_mount_security()
 
 
 def main() -> None:

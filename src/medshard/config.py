@@ -47,7 +47,8 @@ class Settings:
     replicas: int = 3
     #: Durable acknowledgements needed before a write is acknowledged.
     write_quorum: int = 2
-    #: Shared secret that storage nodes require on every request (X-Medshard-Node-Secret).
+    #: Secret shared with the storage nodes; every request is signed with a key derived from
+    #: it (HMAC-SHA256, see medshard/storage/node_auth.py); the secret itself is never sent.
     node_secret: str = ""
     #: Seconds a node may miss heartbeats before it is suspect, and before it is dead.
     suspect_after_s: float = 5.0
@@ -59,14 +60,50 @@ class Settings:
     #: Application service bind address.
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    #: DIMSE service: port and AE title; calling AEs allowed (empty list = any).
+    #: HTTPS for the service: certificate chain and private key (PEM; relative to the home).
+    #: Both empty: plain HTTP. ``medshard tls self-signed --out DIR`` makes a pair for tests.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: DIMSE service: port and AE title. Calling AEs are allowed in the catalog, each acting
+    #: as a site's service account (``medshard dicom allow AE --user ACCOUNT``).
     dimse_port: int = 11112
     dimse_ae_title: str = "MEDSHARD"
-    dimse_allowed_aes: list[str] = field(default_factory=list)
+    #: DICOM TLS (PS3.15 B.1): a second DIMSE listener on this port (0 = off) beside the plain
+    #: one, with this certificate and key (PEM; relative to the home). With a CA file set,
+    #: peers must present a client certificate signed by it.
+    dimse_tls_port: int = 0
+    dimse_tls_cert: str = ""
+    dimse_tls_key: str = ""
+    dimse_tls_ca: str = ""
     #: C-MOVE destinations: AE title -> [host, port].
     dimse_destinations: dict[str, list[Any]] = field(default_factory=dict)
     #: Origins allowed by CORS (for browser viewers such as OHIF on another origin).
     cors_origins: list[str] = field(default_factory=list)
+    #: Security: an access token lives this long, and dies sooner after this much idle time.
+    access_token_ttl_s: int = 3600
+    session_idle_timeout_s: int = 900
+    #: A refresh token (to get a new access token without the password) lives this long.
+    refresh_token_ttl_s: int = 8 * 3600
+    #: Failed logins in a row that lock an account, and for how long.
+    lockout_after_failures: int = 5
+    lockout_s: int = 900
+    #: Break-glass access lasts this long; shares with experts at most this many days.
+    break_glass_minutes: float = 60.0
+    max_share_days: int = 90
+    #: Optional external OpenID Connect provider (e.g. Keycloak) whose JWTs are accepted
+    #: beside local tokens: issuer URL, audience, and the JWKS URL (or a local JWKS file path).
+    #: Its ``preferred_username`` claim must name a medshard user, who keeps their role.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks: str = ""
+    #: Largest size a deflated data set may inflate to, and one frame may decode to (bytes).
+    #: Ingest refuses bigger files (deflate bombs); reads inflate at most this much in memory.
+    max_decompressed_bytes: int = 1024**3
+    #: Seconds an HTTP client may send nothing while its request (headers or body) is
+    #: incomplete before the service answers 408 and closes the connection.
+    http_idle_timeout_s: float = 30.0
+    #: Largest STOW-RS request body (bytes); bigger studies are sent in several requests.
+    stow_max_request_bytes: int = 8 * 1024**3
     #: Analysis on ingest: rules mapping images to models; empty disables it.
     analysis_rules: list[AnalysisRule] = field(default_factory=lambda: [AnalysisRule()])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,10 +21,11 @@ import httpx
 
 from medshard.catalog.db import Catalog
 from medshard.cluster.nodes import register_node
+from medshard.demo_cast import create_cast
 from medshard.errors import ConfigError
 from medshard.home import init_home
-from medshard.ingest.batch import import_paths
 from medshard.node.launcher import NodeProcess, free_port, start_node_process
+from medshard.security.tls import TlsPair, client_context, write_self_signed
 
 DEMO_SITES = ["st-marys-hospital", "city-general", "rural-health-centre"]
 
@@ -44,13 +46,22 @@ def _port_free(port: int) -> bool:
 
 
 class ServiceProcess:
-    """The application service (`medshard serve`) as a child process."""
+    """The application service (`medshard serve`) as a child process.
 
-    def __init__(self, home: Path, port: int, log_path: Path, extra: list[str]) -> None:
+    With ``tls`` (a certificate and key) it serves HTTPS, :attr:`url` says ``https`` and
+    :attr:`verify` is the certificate to trust (pass it to httpx as ``verify=``).
+    """
+
+    def __init__(
+        self, home: Path, port: int, log_path: Path, extra: list[str], tls: TlsPair | None = None
+    ) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.verify: ssl.SSLContext | bool = client_context(tls.cert) if tls else True
         self.log_path = log_path
         cmd = [sys.executable, "-m", "medshard", "serve", "--home", str(home), "--port", str(port)]
+        if tls:
+            cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         self._log = open(log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd + extra, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -60,7 +71,8 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 break
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                r = httpx.get(f"{self.url}/healthz", timeout=2, verify=self.verify)
+                if r.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -79,7 +91,7 @@ class ServiceProcess:
         self._log.close()
 
 
-def run_demo(home: Path, *, port: int = 8080, node_count: int = 4) -> None:
+def run_demo(home: Path, *, port: int = 8080, node_count: int = 4, tls: bool = False) -> None:
     if node_count < 3:
         raise ConfigError("the demo needs at least 3 storage nodes for k=3 replicas")
     if not _port_free(port):
@@ -115,18 +127,27 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4) -> None:
             register_node(catalog, name=proc.name, url=proc.url, site=proc.site, capacity_bytes=0)
         catalog.dispose()
         dimse_port = settings.dimse_port if _port_free(settings.dimse_port) else free_port()
+        pair = write_self_signed(home / "tls") if tls else None  # HTTPS: clients pin pair.cert
         service = ServiceProcess(
-            home, port, logs / "service.log", ["--dimse-port", str(dimse_port)]
+            home, port, logs / "service.log", ["--dimse-port", str(dimse_port)], tls=pair
         )
         service.wait_ready()
         sample = sorted(sample_dicom_dir().glob("*.dcm"))
         sample.extend(_chest_xrays(home))
-        report = import_paths(home, sample)
+        cast = create_cast(home, DEMO_SITES, sample)
+        report = cast.report
         info: dict[str, Any] = {
             "home": str(home),
             "api_url": service.url,
             "dicomweb_url": f"{service.url}/dicom-web",
-            "dimse": {"host": "127.0.0.1", "port": dimse_port, "ae_title": settings.dimse_ae_title},
+            "dimse": {
+                "host": "127.0.0.1",
+                "port": dimse_port,
+                "ae_title": settings.dimse_ae_title,
+                "calling_ae_titles": cast.calling_ae_titles,
+            },
+            "token": cast.token,
+            "users": cast.users,
             "metrics_url": f"{service.url}/metrics",
             "findings_url": f"{service.url}/api/findings",
             "nodes": [
@@ -144,7 +165,12 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4) -> None:
             "duplicates": len(report["duplicates"]),
             "rejected": len(report["rejected"]),
         }
-        (home / "demo.json").write_text(json.dumps(info, indent=2))
+        if pair is not None:
+            info["tls_cert"] = str(pair.cert)
+        demo_json = home / "demo.json"
+        demo_json.touch(mode=0o600)
+        demo_json.chmod(0o600)  # it holds the cast's passwords and tokens
+        demo_json.write_text(json.dumps(info, indent=2))
         _print_banner(info)
         while not stop.is_set():
             if service.proc.poll() is not None:
@@ -186,5 +212,9 @@ def _print_banner(info: dict[str, Any]) -> None:
         f"  imported {info['imported']} sample instances "
         f"({info['duplicates']} already there, {info['rejected']} rejected)"
     )
+    print("  users (passwords and tokens in demo.json):")
+    for u in info.get("users", []):
+        where = f" at {u['site']}" if u.get("site") else ""
+        print(f"    {u['role']:<8} {u['username']}{where}")
     print(f"  details in {info['home']}/demo.json")
     sys.stdout.flush()

@@ -6,6 +6,7 @@ DIMSE service each map them to protocol statuses in one place::
     MedshardError
     ├── ConfigError              the home, config file or a setting is missing or wrong
     ├── NotFoundError            no such patient / study / series / instance / object / node
+    ├── AuthenticationError      no valid credentials (missing, expired, revoked, locked out)
     ├── AccessDeniedError        authenticated but not allowed (per-patient authorization)
     ├── InvalidInputError        the caller sent something we will not store
     │   ├── InvalidDicomError    not DICOM, or DICOM missing what an archive needs
@@ -34,6 +35,10 @@ class ConfigError(MedshardError):
 
 class NotFoundError(MedshardError):
     """The thing asked for does not exist (or is not visible to the caller)."""
+
+
+class AuthenticationError(MedshardError):
+    """No valid credentials: missing, wrong, expired or revoked token, or a locked account."""
 
 
 class AccessDeniedError(MedshardError):

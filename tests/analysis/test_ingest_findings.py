@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,20 @@ from medshard.analysis.worker import QueueWorker
 from medshard.catalog.models import AnalysisJob, Finding, Instance
 from medshard.cluster.archive import Archive
 from medshard.demo import sample_dicom_dir
-from tests.conftest import Deployment, start_service
+from tests.conftest import Deployment, Service, start_service
 
 
-def _variant(src: Path, out: Path, *, body_part: str | None = None, corrupt: bool = False) -> Path:
-    """A copy of a demo CR as a new patient/study, optionally of another body part or with
-    pixel data cut short (a header that parses, pixels that cannot be decoded)."""
+def _variant(
+    src: Path,
+    out: Path,
+    *,
+    body_part: str | None = None,
+    corrupt: bool = False,
+    truncated: bool = False,
+) -> Path:
+    """A copy of a demo CR as a new patient/study, optionally of another body part, with a
+    well-formed but undecodable JPEG bitstream (``corrupt``: the archive takes it, the model
+    cannot read it), or with pixel data cut short (``truncated``: refused at ingest)."""
     ds = pydicom.dcmread(src)
     tag = out.stem
     ds.PatientID = f"VARIANT-{tag}"
@@ -53,6 +61,13 @@ def _variant(src: Path, out: Path, *, body_part: str | None = None, corrupt: boo
     if body_part is not None:
         ds.BodyPartExamined = body_part
     if corrupt:
+        from pydicom.encaps import encapsulate
+        from pydicom.uid import JPEGBaseline8Bit
+
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xdb" + bytes(range(256)) * 8 + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+    if truncated:
         ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
     out.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out, enforce_file_format=True)
@@ -71,10 +86,13 @@ def test_worker_turns_imported_images_into_findings_srs_and_refusals(
     chest = [_variant(p, inbox / f"chest{i}.dcm") for i, p in enumerate(demo_files[:2])]
     hand = _variant(demo_files[2], inbox / "hand.dcm", body_part="HAND")
     corrupt = _variant(demo_files[3], inbox / "corrupt.dcm", corrupt=True)
+    _variant(demo_files[3], inbox / "truncated.dcm", truncated=True)
     mr = inbox / "mr.dcm"
     mr.write_bytes((sample_dicom_dir() / "emri_small.dcm").read_bytes())
     report = deployment.cli_json("import", str(inbox))
     assert len(report["imported"]) == 5
+    [refused] = report["rejected"]  # half its pixel data missing: never acknowledged
+    assert refused["path"].endswith("truncated.dcm") and "truncated" in refused["reason"]
 
     with Archive.open(deployment.home) as archive:
         queue = JobQueue(archive.catalog)
@@ -135,14 +153,16 @@ def _poll(fn: Callable[[], Any], timeout: float = 45.0) -> Any:
         time.sleep(0.3)
 
 
-def _findings_of(url: str, study: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{url}/api/findings", params={"study": study}, timeout=10)
+def _findings_of(svc: Service, study: str) -> list[dict[str, Any]]:
+    r = httpx.get(
+        f"{svc.url}/api/findings", params={"study": study}, headers=svc.auth_headers(), timeout=10
+    )
     r.raise_for_status()
     found: list[dict[str, Any]] = r.json()["findings"]
     return found
 
 
-def _stow(url: str, path: Path) -> httpx.Response:
+def _stow(svc: Service, path: Path) -> httpx.Response:
     boundary = "medshard-test-boundary"
     body = (
         f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
@@ -150,9 +170,10 @@ def _stow(url: str, path: Path) -> httpx.Response:
         + f"\r\n--{boundary}--\r\n".encode()
     )
     return httpx.post(
-        f"{url}/dicom-web/studies",
+        f"{svc.dicomweb}/studies",
         content=body,
         headers={
+            **svc.auth_headers(),
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
         },
@@ -160,41 +181,49 @@ def _stow(url: str, path: Path) -> httpx.Response:
     )
 
 
+@pytest.fixture
+def http(sqlite_deployment: Deployment) -> Iterator[httpx.Client]:
+    """An HTTP client that authenticates as the deployment's test service account."""
+    auth = {"Authorization": f"Bearer {sqlite_deployment.token}"}
+    with httpx.Client(headers=auth) as client:
+        yield client
+
+
 def test_service_analyses_cli_imports_and_stow_and_keeps_jobs_over_a_restart(
-    sqlite_deployment: Deployment, demo_files: list[Path], tmp_path: Path
+    sqlite_deployment: Deployment, http: httpx.Client, demo_files: list[Path], tmp_path: Path
 ) -> None:
     dep = sqlite_deployment
-    svc = start_service(dep)
+    svc = start_service(dep, dimse_allowed_aes=["MODALITY"])  # storescu's calling AE, below
     try:
         # 1. `medshard import` (no service involved in the import) -> finding and SR.
         study, sop, patient = _uids(demo_files[0])
         dep.cli("import", str(demo_files[0]))
-        [finding] = _poll(lambda: _findings_of(svc.url, study))
+        [finding] = _poll(lambda: _findings_of(svc, study))
         assert finding["sop_instance_uid"] == sop and finding["patient_id"] == patient
         assert finding["label"] in ("normal", "pneumonia")
         assert 0.0 <= finding["probability"] <= 1.0 and finding["model_sha256"]
         assert finding["model_id"].startswith("pneumonia:") and finding["created_at"]
-        qido = httpx.get(f"{svc.dicomweb}/studies/{study}/instances", timeout=10)
+        qido = http.get(f"{svc.dicomweb}/studies/{study}/instances", timeout=10)
         assert qido.status_code == 200
         sops = {i["00080018"]["Value"][0] for i in qido.json()}
         assert {sop, finding["sr_sop_instance_uid"]} <= sops
-        sr = httpx.get(f"{svc.url}{finding['sr_url']}", timeout=10)
+        sr = http.get(f"{svc.url}{finding['sr_url']}", timeout=10)
         assert sr.status_code == 200 and finding["sr_sop_instance_uid"].encode() in sr.content
-        by_study = httpx.get(f"{svc.url}/api/studies/{study}/findings", timeout=10).json()
+        by_study = http.get(f"{svc.url}/api/studies/{study}/findings", timeout=10).json()
         assert by_study["findings"] == [finding]
         assert [j["state"] for j in by_study["jobs"]] == ["done"]
         for params in ({"patient": patient}, {"sop": sop}):
-            assert httpx.get(f"{svc.url}/api/findings", params=params).json()["findings"] == [
+            assert http.get(f"{svc.url}/api/findings", params=params).json()["findings"] == [
                 finding
             ]
-        assert httpx.get(f"{svc.url}/api/findings").status_code == 400
-        assert httpx.get(f"{svc.url}/api/studies/1.2.3.4/findings").status_code == 404
+        assert http.get(f"{svc.url}/api/findings").status_code == 400
+        assert http.get(f"{svc.url}/api/studies/1.2.3.4/findings").status_code == 404
 
         # 2. STOW-RS.
         stow_study, stow_sop, _p = _uids(demo_files[1])
-        stored = _stow(svc.url, demo_files[1])
+        stored = _stow(svc, demo_files[1])
         assert stored.status_code == 200, stored.text
-        [stow_finding] = _poll(lambda: _findings_of(svc.url, stow_study))
+        [stow_finding] = _poll(lambda: _findings_of(svc, stow_study))
         assert stow_finding["sop_instance_uid"] == stow_sop
 
         # 3. DIMSE C-STORE from a real modality-side tool (dcmtk's storescu).
@@ -216,7 +245,7 @@ def test_service_analyses_cli_imports_and_stow_and_keeps_jobs_over_a_restart(
             capture_output=True,
             timeout=60,
         )
-        [dimse_finding] = _poll(lambda: _findings_of(svc.url, dimse_study))
+        [dimse_finding] = _poll(lambda: _findings_of(svc, dimse_study))
         assert dimse_finding["sop_instance_uid"] == dimse_sop
     finally:
         svc.process.stop()
@@ -230,12 +259,12 @@ def test_service_analyses_cli_imports_and_stow_and_keeps_jobs_over_a_restart(
     # ... and the restarted service's worker picks them up.
     svc = start_service(dep)
     try:
-        [late] = _poll(lambda: _findings_of(svc.url, late_study))
+        [late] = _poll(lambda: _findings_of(svc, late_study))
         assert late["sop_instance_uid"] == late_sop
         every = [
             f
             for s in (study, stow_study, dimse_study, late_study)
-            for f in json.loads(httpx.get(f"{svc.url}/api/studies/{s}/findings").text)["findings"]
+            for f in json.loads(http.get(f"{svc.url}/api/studies/{s}/findings").text)["findings"]
         ]
         assert len(every) == 4  # one finding per image, none twice
     finally:

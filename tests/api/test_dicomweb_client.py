@@ -37,13 +37,20 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="module")
+def http(svc: Service) -> Iterator[httpx.Client]:
+    """An HTTP client that authenticates as the deployment's test service account."""
+    with httpx.Client(headers=svc.auth_headers()) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def mr_files() -> list[Path]:
     return sorted(shared_dicom("mr-deident-series").glob("*.dcm"))[:4]
 
 
 @pytest.fixture(scope="module")
 def client(svc: Service) -> DICOMwebClient:
-    return DICOMwebClient(url=svc.dicomweb)
+    return DICOMwebClient(url=svc.dicomweb, headers=svc.auth_headers())
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,7 @@ def _uids(path: Path) -> tuple[str, str, str]:
 
 
 def test_dicomweb_client_stores_searches_and_retrieves_a_study(
-    client: DICOMwebClient, stored: dict[str, bytes], mr_files: list[Path]
+    client: DICOMwebClient, http: httpx.Client, stored: dict[str, bytes], mr_files: list[Path]
 ) -> None:
     study, series, sop = _uids(mr_files[0])
     studies = client.search_for_studies(search_filters={"PatientID": "FRUIT"})
@@ -99,7 +106,7 @@ def test_dicomweb_client_stores_searches_and_retrieves_a_study(
     assert instances[0]["00280010"] == {"vr": "US", "Value": [256]}
     paged = client.search_for_instances(study_instance_uid=study, limit=2, offset=1)
     assert len(paged) == 2
-    asked = httpx.get(f"{client.base_url}/studies", params={"includefield": "InstitutionName"})
+    asked = http.get(f"{client.base_url}/studies", params={"includefield": "InstitutionName"})
     assert asked.status_code == 200 and "InstitutionName" in asked.headers["Warning"]
     one = client.search_for_instances(search_filters={"SOPInstanceUID": sop})
     assert len(one) == 1 and one[0]["0020000E"]["Value"] == [series]
@@ -111,10 +118,10 @@ def test_dicomweb_client_stores_searches_and_retrieves_a_study(
 
 
 def test_retrieved_parts_are_byte_identical_to_what_was_stored(
-    svc: Service, stored: dict[str, bytes], mr_files: list[Path]
+    svc: Service, http: httpx.Client, stored: dict[str, bytes], mr_files: list[Path]
 ) -> None:
     study, series, sop = _uids(mr_files[0])
-    parts = _parts(httpx.get(f"{svc.dicomweb}/studies/{study}", headers={"Accept": ANY_SYNTAX}))
+    parts = _parts(http.get(f"{svc.dicomweb}/studies/{study}", headers={"Accept": ANY_SYNTAX}))
     assert len(parts) == len(stored)
     for headers, body in parts:
         assert headers["content-type"].startswith("application/dicom; transfer-syntax=")
@@ -122,13 +129,13 @@ def test_retrieved_parts_are_byte_identical_to_what_was_stored(
     url = f"{svc.dicomweb}/studies/{study}/series/{series}/instances/{sop}"
     for accept in (ANY_SYNTAX, 'multipart/related; type="application/dicom"', None):
         headers = {"Accept": accept} if accept else {}
-        [(_h, body)] = _parts(httpx.get(url, headers=headers))
+        [(_h, body)] = _parts(http.get(url, headers=headers))
         assert body == stored[sop]  # stored as Explicit VR Little Endian, the default syntax
     series_parts = _parts(
-        httpx.get(f"{svc.dicomweb}/studies/{study}/series/{series}", headers={"Accept": ANY_SYNTAX})
+        http.get(f"{svc.dicomweb}/studies/{study}/series/{series}", headers={"Accept": ANY_SYNTAX})
     )
     assert sorted(b for _h, b in series_parts) == sorted(stored.values())
-    wado_uri = httpx.get(
+    wado_uri = http.get(
         f"{svc.url}/wado",
         params={
             "requestType": "WADO",
@@ -143,49 +150,49 @@ def test_retrieved_parts_are_byte_identical_to_what_was_stored(
 
 
 def test_metadata_bulkdata_frames_and_renderings(
-    svc: Service, stored: dict[str, bytes], mr_files: list[Path]
+    svc: Service, http: httpx.Client, stored: dict[str, bytes], mr_files: list[Path]
 ) -> None:
     study, series, sop = _uids(mr_files[0])
     base = f"{svc.dicomweb}/studies/{study}/series/{series}/instances/{sop}"
-    meta = httpx.get(f"{base}/metadata")
+    meta = http.get(f"{base}/metadata")
     assert meta.headers["content-type"] == "application/dicom+json"
     [item] = meta.json()
     assert item["00080018"]["Value"] == [sop]
     uri = item["7FE00010"]["BulkDataURI"]
     assert uri.startswith(f"{base}/bulkdata/") and "InlineBinary" not in item["7FE00010"]
     original = pydicom.dcmread(io.BytesIO(stored[sop]))
-    [(headers, pixels)] = _parts(httpx.get(uri))
+    [(headers, pixels)] = _parts(http.get(uri))
     assert headers["content-type"].startswith("application/octet-stream")
     assert pixels == original.PixelData
-    study_meta = httpx.get(f"{svc.dicomweb}/studies/{study}/metadata").json()
+    study_meta = http.get(f"{svc.dicomweb}/studies/{study}/metadata").json()
     assert len(study_meta) == len(stored)
     assert all("BulkDataURI" in m["7FE00010"] for m in study_meta)
 
-    [(headers, frame)] = _parts(httpx.get(f"{base}/frames/1"))
+    [(headers, frame)] = _parts(http.get(f"{base}/frames/1"))
     assert headers["content-type"].startswith("application/octet-stream")
     assert frame == original.PixelData[: 256 * 256 * 2]
-    assert httpx.get(f"{base}/frames/2").status_code == 404
+    assert http.get(f"{base}/frames/2").status_code == 404
 
     for accept, kind in (("image/png", "PNG"), ("image/jpeg", "JPEG")):
-        r = httpx.get(f"{base}/rendered", headers={"Accept": accept})
+        r = http.get(f"{base}/rendered", headers={"Accept": accept})
         assert r.status_code == 200 and r.headers["content-type"] == accept
         image = Image.open(io.BytesIO(r.content))
         assert image.format == kind and image.size == (256, 256)
         assert image.getextrema() != (0, 0)  # not a blank image
-    windowed = httpx.get(f"{base}/frames/1/rendered?accept=image/png&window=300,600&viewport=64,64")
+    windowed = http.get(f"{base}/frames/1/rendered?accept=image/png&window=300,600&viewport=64,64")
     assert Image.open(io.BytesIO(windowed.content)).size == (64, 64)
-    assert windowed.content != httpx.get(f"{base}/rendered?accept=image/png&viewport=64,64").content
+    assert windowed.content != http.get(f"{base}/rendered?accept=image/png&viewport=64,64").content
 
-    thumb = httpx.get(f"{base}/thumbnail")
+    thumb = http.get(f"{base}/thumbnail")
     assert thumb.headers["content-type"] == "image/png"
     assert max(Image.open(io.BytesIO(thumb.content)).size) == 128
-    assert httpx.get(f"{base}/thumbnail").content == thumb.content  # persisted, served again
+    assert http.get(f"{base}/thumbnail").content == thumb.content  # persisted, served again
     for path in (f"/studies/{study}/series/{series}/thumbnail", f"/studies/{study}/thumbnail"):
-        r = httpx.get(svc.dicomweb + path, headers={"Accept": "image/jpeg"})
+        r = http.get(svc.dicomweb + path, headers={"Accept": "image/jpeg"})
         assert r.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(r.content)).format == "JPEG"
 
-    wado = httpx.get(
+    wado = http.get(
         f"{svc.dicomweb}/wado",
         params={
             "requestType": "WADO",
@@ -200,13 +207,15 @@ def test_metadata_bulkdata_frames_and_renderings(
     )
     assert wado.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(wado.content)).size == (100, 100)
-    default = httpx.get(wado.url.copy_remove_param("contentType"))
+    default = http.get(wado.url.copy_remove_param("contentType"))
     assert default.headers["content-type"] == "image/jpeg"
 
 
-def test_thumbnail_is_persisted_as_a_thumbnail_object(svc: Service, mr_files: list[Path]) -> None:
+def test_thumbnail_is_persisted_as_a_thumbnail_object(
+    svc: Service, http: httpx.Client, mr_files: list[Path]
+) -> None:
     study, series, sop = _uids(mr_files[1])
-    httpx.get(f"{svc.dicomweb}/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+    http.get(f"{svc.dicomweb}/studies/{study}/series/{series}/instances/{sop}/thumbnail")
     import sqlite3
 
     db = sqlite3.connect(svc.deployment.home / "catalog.db")
@@ -219,19 +228,21 @@ def test_thumbnail_is_persisted_as_a_thumbnail_object(svc: Service, mr_files: li
     assert (kind, ctype) == ("thumbnail", "image/png")
 
 
-def test_compressed_instances_keep_their_syntax_or_are_transcoded(svc: Service) -> None:
+def test_compressed_instances_keep_their_syntax_or_are_transcoded(
+    svc: Service, http: httpx.Client
+) -> None:
     jls = shared_dicom("transfer-syntaxes", "7.dcm")
     data = jls.read_bytes()
     study, series, sop = _uids(jls)
-    client = DICOMwebClient(url=svc.dicomweb)
+    client = DICOMwebClient(url=svc.dicomweb, headers=svc.auth_headers())
     client.store_instances(datasets=[pydicom.dcmread(jls)], study_instance_uid=study)
     base = f"{svc.dicomweb}/studies/{study}/series/{series}/instances/{sop}"
-    [(headers, body)] = _parts(httpx.get(base, headers={"Accept": ANY_SYNTAX}))
+    [(headers, body)] = _parts(http.get(base, headers={"Accept": ANY_SYNTAX}))
     assert body == data and headers["content-type"].endswith(
         "transfer-syntax=1.2.840.10008.1.2.4.80"
     )
     [(headers, body)] = _parts(
-        httpx.get(base, headers={"Accept": 'multipart/related; type="application/dicom"'})
+        http.get(base, headers={"Accept": 'multipart/related; type="application/dicom"'})
     )
     assert "1.2.840.10008.1.2.1" in headers["content-type"]
     explicit = pydicom.dcmread(io.BytesIO(body))
@@ -239,23 +250,24 @@ def test_compressed_instances_keep_their_syntax_or_are_transcoded(svc: Service) 
     assert explicit.SOPInstanceUID == sop
     assert (explicit.pixel_array == original.pixel_array).all()
     lossy = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
-    assert httpx.get(base, headers={"Accept": lossy}).status_code == 406
+    assert http.get(base, headers={"Accept": lossy}).status_code == 406
 
-    [(headers, frame)] = _parts(httpx.get(f"{base}/frames/1", headers={"Accept": "image/jls"}))
+    [(headers, frame)] = _parts(http.get(f"{base}/frames/1", headers={"Accept": "image/jls"}))
     assert headers["content-type"] == "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"
     assert frame[:2] == b"\xff\xd8"  # a JPEG-LS bitstream
-    [(headers, raw)] = _parts(httpx.get(f"{base}/frames/1"))
+    [(headers, raw)] = _parts(http.get(f"{base}/frames/1"))
     assert headers["content-type"].startswith("application/octet-stream")
     assert raw == original.pixel_array.astype("<u2").tobytes()
     ohif = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-    [(headers, same)] = _parts(httpx.get(f"{base}/frames/1", headers={"Accept": ohif}))
+    [(headers, same)] = _parts(http.get(f"{base}/frames/1", headers={"Accept": ohif}))
     assert same == frame and "1.2.840.10008.1.2.4.80" in headers["content-type"]
-    assert httpx.get(f"{base}/frames/1", headers={"Accept": "image/jp2"}).status_code == 406
+    assert http.get(f"{base}/frames/1", headers={"Accept": "image/jp2"}).status_code == 406
 
 
-def test_cors_headers_for_a_configured_origin(svc: Service) -> None:
-    r = httpx.get(f"{svc.dicomweb}/studies", headers={"Origin": ORIGIN})
+def test_cors_headers_for_a_configured_origin(svc: Service, http: httpx.Client) -> None:
+    r = http.get(f"{svc.dicomweb}/studies", headers={"Origin": ORIGIN})
     assert r.headers["access-control-allow-origin"] == ORIGIN
+    # A browser's preflight carries no credentials: it must succeed without a token.
     preflight = httpx.options(
         f"{svc.dicomweb}/studies",
         headers={
@@ -266,6 +278,6 @@ def test_cors_headers_for_a_configured_origin(svc: Service) -> None:
     )
     assert preflight.status_code == 200
     assert "POST" in preflight.headers["access-control-allow-methods"]
-    other = httpx.get(f"{svc.dicomweb}/studies", headers={"Origin": "http://evil.example"})
+    other = http.get(f"{svc.dicomweb}/studies", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
     assert json.loads(r.content) == json.loads(other.content)

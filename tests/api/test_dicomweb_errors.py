@@ -31,6 +31,13 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="module")
+def http(svc: Service) -> Iterator[httpx.Client]:
+    """An HTTP client that authenticates as the deployment's test service account."""
+    with httpx.Client(headers=svc.auth_headers()) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def mr() -> list[Path]:
     return sorted(shared_dicom("mr-deident-series").glob("*.dcm"))[10:14]
 
@@ -43,12 +50,15 @@ def _stow(
     svc: Service, body: bytes, path: str = "/studies", ctype: str = STOW_TYPE
 ) -> httpx.Response:
     return httpx.post(
-        svc.dicomweb + path, content=body, headers={"Content-Type": ctype}, timeout=60
+        svc.dicomweb + path,
+        content=body,
+        headers={**svc.auth_headers(), "Content-Type": ctype},
+        timeout=60,
     )
 
 
 def _count(svc: Service) -> int:
-    r = httpx.get(f"{svc.dicomweb}/instances", params={"limit": "1000"})
+    r = httpx.get(f"{svc.dicomweb}/instances", params={"limit": "1000"}, headers=svc.auth_headers())
     assert r.status_code == 200
     return len(r.json())
 
@@ -61,7 +71,9 @@ def _failures(r: httpx.Response) -> list[int]:
     return [item["00081197"]["Value"][0] for item in r.json().get("00081198", {}).get("Value", [])]
 
 
-def test_malformed_or_mistyped_stow_requests_store_nothing(svc: Service, mr: list[Path]) -> None:
+def test_malformed_or_mistyped_stow_requests_store_nothing(
+    svc: Service, http: httpx.Client, mr: list[Path]
+) -> None:
     before = _count(svc)
     good = _body((DICOM_PART, mr[0].read_bytes()))
     assert _stow(svc, good, ctype="application/json").status_code == 415
@@ -71,7 +83,7 @@ def test_malformed_or_mistyped_stow_requests_store_nothing(svc: Service, mr: lis
         ).status_code
         == 415
     )
-    assert httpx.post(f"{svc.dicomweb}/studies", content=good).status_code == 415
+    assert http.post(f"{svc.dicomweb}/studies", content=good).status_code == 415
     assert _stow(svc, good, ctype="multipart/related; type=application/dicom").status_code == 400
     truncated = good[: -len(f"\r\n--{BOUNDARY}--\r\n")] + b"\r\n--" + BOUNDARY.encode()
     r = _stow(svc, truncated)
@@ -80,7 +92,7 @@ def test_malformed_or_mistyped_stow_requests_store_nothing(svc: Service, mr: lis
     assert _stow(svc, b"not multipart at all").status_code == 400
     assert _count(svc) == before  # the complete first part was not stored either
     assert (
-        httpx.get(f"{svc.dicomweb}/instances", params={"SOPInstanceUID": _sop(mr[0])}).json() == []
+        http.get(f"{svc.dicomweb}/instances", params={"SOPInstanceUID": _sop(mr[0])}).json() == []
     )
 
 
@@ -120,7 +132,7 @@ def test_stow_reports_each_part_with_a_failure_reason(svc: Service, mr: list[Pat
 
 
 def test_one_request_with_two_versions_of_an_instance_keeps_the_first(
-    svc: Service, mr: list[Path]
+    svc: Service, http: httpx.Client, mr: list[Path]
 ) -> None:
     ds = pydicom.dcmread(mr[0])
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
@@ -135,11 +147,11 @@ def test_one_request_with_two_versions_of_an_instance_keeps_the_first(
     assert r.status_code == 202, r.text
     assert _failures(r) == [0x0111]
     assert len(r.json()["00081199"]["Value"]) == 1
-    found = httpx.get(f"{svc.dicomweb}/instances", params={"SOPInstanceUID": ds.SOPInstanceUID})
+    found = http.get(f"{svc.dicomweb}/instances", params={"SOPInstanceUID": ds.SOPInstanceUID})
     assert len(found.json()) == 1
 
 
-def test_unknown_uids_are_404(svc: Service, mr: list[Path]) -> None:
+def test_unknown_uids_are_404(svc: Service, http: httpx.Client, mr: list[Path]) -> None:
     assert _stow(svc, _body((DICOM_PART, mr[3].read_bytes()))).status_code == 200
     ds = pydicom.dcmread(mr[3], stop_before_pixels=True)
     study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
@@ -157,13 +169,15 @@ def test_unknown_uids_are_404(svc: Service, mr: list[Path]) -> None:
         f"/studies/{study}/series/{series}/instances/{sop}/frames/9",
         f"/studies/{study}/series/{series}/instances/{sop}/bulkdata/00291010",
     ):
-        assert httpx.get(root + path).status_code == 404, path
+        assert http.get(root + path).status_code == 404, path
     wado = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": "1.2.3"}
-    assert httpx.get(f"{svc.url}/wado", params=wado).status_code == 404
-    assert httpx.get(f"{root}/studies/1.2.3/series").json() == []
+    assert http.get(f"{svc.url}/wado", params=wado).status_code == 404
+    assert http.get(f"{root}/studies/1.2.3/series").json() == []
 
 
-def test_bogus_accept_is_406_and_malformed_queries_are_400(svc: Service, mr: list[Path]) -> None:
+def test_bogus_accept_is_406_and_malformed_queries_are_400(
+    svc: Service, http: httpx.Client, mr: list[Path]
+) -> None:
     ds = pydicom.dcmread(mr[3], stop_before_pixels=True)
     instance = (
         f"{svc.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
@@ -181,8 +195,8 @@ def test_bogus_accept_is_406_and_malformed_queries_are_400(svc: Service, mr: lis
         (f"{instance}/rendered", "image/gif"),
         (f"{instance}/thumbnail", "text/html"),
     ):
-        assert httpx.get(url, headers={"Accept": accept}).status_code == 406, (url, accept)
-    assert httpx.get(f"{instance}/rendered?accept=image/tiff").status_code == 406
+        assert http.get(url, headers={"Accept": accept}).status_code == 406, (url, accept)
+    assert http.get(f"{instance}/rendered?accept=image/tiff").status_code == 406
     for query in (
         "StudyDate=2020-01",
         "Foo=bar",
@@ -192,7 +206,7 @@ def test_bogus_accept_is_406_and_malformed_queries_are_400(svc: Service, mr: lis
         "PatientID=a&PatientID=b",
         "includefield=NoSuchKeyword",
     ):
-        assert httpx.get(f"{svc.dicomweb}/studies?{query}").status_code == 400, query
+        assert http.get(f"{svc.dicomweb}/studies?{query}").status_code == 400, query
     for bad in (
         "window=abc",
         "window=40,0",
@@ -200,38 +214,41 @@ def test_bogus_accept_is_406_and_malformed_queries_are_400(svc: Service, mr: lis
         "quality=101",
         "viewport=1,2,3,4,5,6",
     ):
-        assert httpx.get(f"{instance}/rendered?{bad}").status_code == 400, bad
-    assert httpx.get(f"{instance}/frames/0").status_code == 400
-    assert httpx.get(f"{instance}/frames/a,b").status_code == 400
+        assert http.get(f"{instance}/rendered?{bad}").status_code == 400, bad
+    assert http.get(f"{instance}/frames/0").status_code == 400
+    assert http.get(f"{instance}/frames/a,b").status_code == 400
     wado = {"studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID}
     wado["objectUID"] = ds.SOPInstanceUID
-    assert httpx.get(f"{svc.url}/wado", params=wado).status_code == 400
+    assert http.get(f"{svc.url}/wado", params=wado).status_code == 400
     assert (
-        httpx.get(
+        http.get(
             f"{svc.url}/wado", params={**wado, "requestType": "WADO", "contentType": "image/gif"}
         ).status_code
         == 406
     )
     assert (
-        httpx.get(
+        http.get(
             f"{svc.url}/wado", params={**wado, "requestType": "WADO", "windowCenter": "1"}
         ).status_code
         == 400
     )
-    assert httpx.get(f"{svc.url}/healthz").json() == {"status": "ok"}
+    assert http.get(f"{svc.url}/healthz").json() == {"status": "ok"}
 
 
-def test_an_oversized_stow_request_is_413_before_any_byte_is_read(svc: Service) -> None:
+def test_an_oversized_stow_request_is_413_before_any_byte_is_read(
+    svc: Service, http: httpx.Client
+) -> None:
     host, port = svc.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
             + f"Content-Type: {STOW_TYPE}\r\n".encode()
+            + f"Authorization: Bearer {svc.token}\r\n".encode()
             + b"Content-Length: 99999999999\r\n\r\n--"
         )
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
-    assert httpx.get(f"{svc.url}/healthz").status_code == 200
+    assert http.get(f"{svc.url}/healthz").status_code == 200
 
 
 AWKWARD = [
@@ -244,13 +261,13 @@ AWKWARD = [
 ]
 
 
-def test_awkward_stored_files_never_get_a_server_error(svc: Service) -> None:
+def test_awkward_stored_files_never_get_a_server_error(svc: Service, http: httpx.Client) -> None:
     for folder, name in AWKWARD:
         path = shared_dicom(folder, name)
         stored = _stow(svc, _body((DICOM_PART, path.read_bytes())))
         assert stored.status_code == 200, (name, stored.text)
         base = stored.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
-        meta = httpx.get(f"{base}/metadata")
+        meta = http.get(f"{base}/metadata")
         assert meta.status_code == 200, name
         [pixels] = [v for k, v in meta.json()[0].items() if k.startswith("7FE0")]
         bulk = pixels["BulkDataURI"]
@@ -266,6 +283,6 @@ def test_awkward_stored_files_never_get_a_server_error(svc: Service) -> None:
             (f"{base}/rendered", None),
             (f"{base}/thumbnail", None),
         ):
-            r = httpx.get(url, headers={"Accept": accept} if accept else {}, timeout=60)
+            r = http.get(url, headers={"Accept": accept} if accept else {}, timeout=60)
             assert r.status_code in (200, 406), (name, url, accept, r.status_code, r.text[:200])
-    assert httpx.get(f"{svc.url}/healthz").status_code == 200
+    assert http.get(f"{svc.url}/healthz").status_code == 200

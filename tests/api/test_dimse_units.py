@@ -185,8 +185,8 @@ def test_rejected_ingest_outcomes_map_back_to_error_classes() -> None:
 
 
 def test_ae_accepts_storage_in_both_roles_and_the_decodable_syntaxes(tmp_path: Path) -> None:
-    ae = build_ae(Settings(home=tmp_path, dimse_allowed_aes=["PACS", " "]))
-    assert ae.require_calling_aet == ["PACS"]
+    ae = build_ae(Settings(home=tmp_path))
+    assert ae.require_calling_aet == ["NO-PEER-ALLOWED"]  # nobody until the catalog says
     by_uid = {str(cx.abstract_syntax): cx for cx in ae.supported_contexts}
     ct = by_uid["1.2.840.10008.5.1.4.1.1.2"]
     assert (ct.scu_role, ct.scp_role) == (True, True)

@@ -9,7 +9,9 @@ from tests.conftest import Service
 
 def test_service_reports_cluster_status_and_metrics(service: Service) -> None:
     assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
-    status = httpx.get(f"{service.url}/api/status", timeout=30).json()
+    status = httpx.get(
+        f"{service.url}/api/status", headers=service.auth_headers(), timeout=30
+    ).json()
     cli_status = service.deployment.cli_json("status")
     assert [n["name"] for n in status["nodes"]] == [n["name"] for n in cli_status["nodes"]]
     assert all(n["state"] == "alive" for n in status["nodes"])

@@ -21,14 +21,18 @@ def test_service_heals_under_replicated_objects_when_the_node_returns(tmp_path: 
         down.stop()
         report = dep.cli_json("import", str(sample_dicom_dir()))
         assert report["imported"]
-        status = httpx.get(f"{service.url}/api/status", timeout=30).json()
+        status = httpx.get(
+            f"{service.url}/api/status", headers=service.auth_headers(), timeout=30
+        ).json()
         assert status["under_replicated"] == len(report["imported"])
 
         down.restart()
         down.wait_ready()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            status = httpx.get(f"{service.url}/api/status", timeout=30).json()
+            status = httpx.get(
+                f"{service.url}/api/status", headers=service.auth_headers(), timeout=30
+            ).json()
             if status["under_replicated"] == 0:
                 break
             time.sleep(1)

@@ -21,10 +21,9 @@ from medshard.errors import (
     NodeUnavailableError,
     NotFoundError,
 )
-from medshard.node.launcher import NodeProcess, free_port, start_node_process
-from medshard.node.server import SECRET_HEADER as SERVER_SECRET_HEADER
+from medshard.node.launcher import NodeAuth, NodeProcess, free_port, start_node_process
 from medshard.storage.chunkstore import ChunkStat
-from medshard.storage.node_client import SECRET_HEADER, NodeClient
+from medshard.storage.node_client import NodeClient
 
 SECRET = "test-node-secret"
 StartNode = Callable[..., NodeProcess]
@@ -79,20 +78,19 @@ def test_put_get_head_delete_list_on_two_nodes(start_node: StartNode) -> None:
         health = c1.health()
         assert health["name"] == "n1" and health["site"] == "site-a"
         assert health["chunks"] == 1 and health["used_bytes"] == len(b[1])
-        assert health["version"] == 1 and health["free_disk_bytes"] > 0
+        assert health["version"] == 2 and health["free_disk_bytes"] > 0
         assert health["load"]["puts_total"] == 3 and health["load"]["gets_total"] >= 2
         assert set(health) >= {"capacity_bytes", "uptime_s"}
 
 
 def test_every_request_needs_the_secret(start_node: StartNode) -> None:
     node = start_node()
-    assert SECRET_HEADER == SERVER_SECRET_HEADER
     cid, data = chunk(1000)
     with httpx.Client(base_url=node.url) as raw:
         assert raw.get("/health").status_code == 401
         assert raw.put(f"/chunks/{cid}", content=data).status_code == 401
-        assert raw.get("/chunks", headers={SECRET_HEADER: "wrong"}).status_code == 401
-        ok = raw.put(f"/chunks/{cid}", content=data, headers={SECRET_HEADER: SECRET})
+        assert raw.get("/chunks", auth=NodeAuth("wrong", "n1")).status_code == 401
+        ok = raw.put(f"/chunks/{cid}", content=data, auth=NodeAuth(SECRET, "n1"))
         assert ok.status_code == 201
         assert raw.get(f"/chunks/{cid}").status_code == 401
     with NodeClient("n1", node.url, "wrong") as client, pytest.raises(NodeUnavailableError):
@@ -109,7 +107,7 @@ def test_bad_requests_are_refused_with_their_status(start_node: StartNode) -> No
         assert not client.exists(cid)
         with pytest.raises(InvalidInputError):
             client.put("not-a-hash", data)
-    with httpx.Client(base_url=node.url, headers={SECRET_HEADER: SECRET}) as raw:
+    with httpx.Client(base_url=node.url, auth=NodeAuth(SECRET, node.name)) as raw:
         assert raw.put(f"/chunks/{cid}", content=data + b"!").status_code == 409
         assert raw.get("/chunks/ABC").status_code == 400
         assert raw.head(f"/chunks/{cid}").status_code == 404
@@ -185,7 +183,7 @@ def test_capacity_exceeded_is_507(start_node: StartNode) -> None:
             client.put(*c)
         assert not client.exists(c[0])
         assert client.health()["capacity_bytes"] == 700_000
-    with httpx.Client(base_url=node.url, headers={SECRET_HEADER: SECRET}) as raw:
+    with httpx.Client(base_url=node.url, auth=NodeAuth(SECRET, node.name)) as raw:
         r = raw.put(f"/chunks/{c[0]}", content=c[1])
         assert r.status_code == 507 and "capacity" in r.json()["error"]
 
@@ -195,7 +193,7 @@ def test_disk_full_is_507(start_node: StartNode, tmp_path: Path) -> None:
     os.symlink("/dev/full", tmp_path / "full" / "vol-00000001.dat")  # real ENOSPC on write
     node = start_node("full")
     cid, data = chunk(1000)
-    with httpx.Client(base_url=node.url, headers={SECRET_HEADER: SECRET}) as raw:
+    with httpx.Client(base_url=node.url, auth=NodeAuth(SECRET, node.name)) as raw:
         r = raw.put(f"/chunks/{cid}", content=data)
         assert r.status_code == 507 and "disk full" in r.json()["error"]
         assert raw.head(f"/chunks/{cid}").status_code == 404

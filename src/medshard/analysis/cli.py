@@ -133,8 +133,12 @@ def worker_cmd(
         archive = Archive.open(home)
     except MedshardError as exc:
         raise _fail(exc) from exc
-    with archive:
-        worker = QueueWorker(archive, name="cli", batch_size=batch_size)
+    from medshard.security.gate import Gate
+    from medshard.security.principal import system_principal
+
+    with archive, Gate(archive) as gate:
+        _site, audit_sr = gate.store_hook(system_principal("analysis"))
+        worker = QueueWorker(archive, name="cli", batch_size=batch_size, on_commit=audit_sr)
         if once:
             worker.run_once()
         else:
@@ -203,6 +207,7 @@ def analyze_cmd(
                 )
             finally:
                 pool.close()
+            _audit_batch(archive, scope.describe(), report)
         except MedshardError as exc:
             raise _fail(exc) from exc
     if as_json:
@@ -251,3 +256,15 @@ def _json_safe(value: Any) -> Any:
 
 if __name__ == "__main__":
     ai_app()
+
+
+def _audit_batch(archive: Any, what: str, report: dict[str, Any]) -> None:
+    """A batch run reads many patients' images as the archive itself; the operator who
+    started it is recorded in the audit log with what it covered."""
+    from medshard.security.gate import Gate
+    from medshard.security.local import operator
+
+    with Gate(archive) as gate:
+        caller = operator(gate)
+        summary = {k: v for k, v in report.items() if isinstance(v, int | float | str)}
+        gate.read(caller.principal, "batch-analysis", detail=f"{what}: {summary}"[:2000])

@@ -51,7 +51,7 @@ from medshard.catalog.models import Instance, Series, Study
 from medshard.cluster.archive import Archive
 from medshard.config import AnalysisRule
 from medshard.errors import AnalysisError, MedshardError, NotFoundError
-from medshard.ingest.pipeline import Ingestor
+from medshard.ingest.pipeline import CommitHook, Ingestor
 
 if TYPE_CHECKING:
     from medshard.analysis.model import LoadedModel
@@ -102,11 +102,18 @@ class Analyser:
         Shared model cache; one per process so each model loads once.
     """
 
-    def __init__(self, archive: Archive, models: ModelCache | None = None) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        models: ModelCache | None = None,
+        on_commit: CommitHook | None = None,
+    ) -> None:
         self.archive = archive
         self.models = models or ModelCache()
         # SRs are stored without the analysis hook: they must never be analysed themselves.
         self.ingestor = Ingestor(archive, analysis=False)
+        #: Runs in each SR's commit: the security layer's audit of the archive's own writes.
+        self.on_commit = on_commit
 
     def analyse(
         self, sops: list[str], model: str, rule: AnalysisRule | None = None
@@ -267,7 +274,9 @@ class Analyser:
         uid = str(sr.SOPInstanceUID)
         if self._sr_stored(uid):
             return
-        outcome = self.ingestor.ingest_stream(io.BytesIO(sr_bytes(sr)), f"analysis-sr:{uid}")
+        outcome = self.ingestor.ingest_stream(
+            io.BytesIO(sr_bytes(sr)), f"analysis-sr:{uid}", on_commit=self.on_commit
+        )
         if outcome.status == "rejected" and not self._sr_stored(uid):
             raise AnalysisError(f"the archive refused the SR: {outcome.reason}")
 
@@ -310,10 +319,11 @@ class QueueWorker:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         poll_s: float = 1.0,
         models: ModelCache | None = None,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self.archive = archive
         self.queue = JobQueue(archive.catalog, lease_s=lease_s, max_attempts=max_attempts)
-        self.analyser = Analyser(archive, models)
+        self.analyser = Analyser(archive, models, on_commit)
         self.owner = worker_identity(name)
         self.batch_size = batch_size
         self.poll_s = poll_s

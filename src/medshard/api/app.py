@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from medshard import __version__
+from medshard.api.auth import authenticate
 from medshard.api.dicomweb import (
     routes_qido,
     routes_rendered,
@@ -17,10 +18,11 @@ from medshard.api.dicomweb import (
     routes_wado_uri,
 )
 from medshard.api.errors import install_error_handlers
-from medshard.api.routes import findings, status
+from medshard.api.routes import access, auth, findings, status
 from medshard.cluster.archive import Archive
 from medshard.cluster.monitor import HealthMonitor
 from medshard.config import Settings
+from medshard.security.gate import Gate
 
 
 def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
@@ -28,6 +30,7 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         archive = Archive(settings)
         app.state.archive = archive
+        app.state.gate = Gate(archive)
         watcher = HealthMonitor(archive).start() if monitor else None
         for hook in app.state.startup_hooks:
             hook(app)
@@ -38,9 +41,17 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
                 hook(app)
             if watcher is not None:
                 watcher.stop()
+            app.state.gate.close()
             archive.close()
 
-    app = FastAPI(title="medshard", version=__version__, lifespan=lifespan)
+    # Every route passes the authentication dependency (public paths are listed in
+    # medshard.api.auth.PUBLIC); patient data is then reached only through the gate.
+    app = FastAPI(
+        title="medshard",
+        version=__version__,
+        lifespan=lifespan,
+        dependencies=[Depends(authenticate)],
+    )
     app.state.settings = settings
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
@@ -54,6 +65,8 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
         )
     install_error_handlers(app)
     findings.install(app)
+    app.include_router(auth.router)
+    app.include_router(access.router)
     app.include_router(status.router)
     app.include_router(findings.router)
     app.include_router(routes_stow.router)

@@ -5,8 +5,15 @@ runs beside the HTTP API in ``medshard serve`` (:func:`attach_to_app`) or alone 
 ``medshard dimse`` (:func:`serve_forever`), over the same archive.
 
 * AE title, bind address and port come from the settings (``dimse_ae_title``, ``api_host``,
-  ``dimse_port``; port 0 picks a free one). Calling AEs are checked against
-  ``dimse_allowed_aes`` when it is not empty; C-MOVE destinations are ``dimse_destinations``.
+  ``dimse_port``; port 0 picks a free one). Calling AEs must be allowed in the catalog
+  (``medshard dicom allow AE --user SERVICE_ACCOUNT``), each acting as a site's service
+  account, so C-STORE, C-FIND, C-MOVE and C-GET get the same authorization and audit as
+  HTTP; an unknown AE is rejected at association. C-MOVE destinations are
+  ``dimse_destinations`` only.
+* DICOM TLS (PS3.15 B.1): with ``dimse_tls_port`` set, a second listener on that port speaks
+  TLS (``dimse_tls_cert`` / ``dimse_tls_key``; with ``dimse_tls_ca``, peers must present a
+  client certificate it signed), with the same handlers. The handshake runs in the
+  association's thread with a timeout, so a silent peer cannot stall the accept loop.
 * TCP_NODELAY is set on the listening socket, on every accepted socket and on every socket
   opened for C-MOVE: a DIMSE response is one small write, and Nagle's algorithm would hold
   it back until the peer's delayed ACK (~40 ms per C-STORE).
@@ -22,7 +29,9 @@ import inspect
 import logging
 import signal
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -65,6 +74,8 @@ from medshard.cluster.archive import Archive
 from medshard.config import Settings
 from medshard.errors import ConfigError
 from medshard.ingest.pipeline import Ingestor
+from medshard.security.gate import Gate
+from medshard.security.tls import check_pair, resolve, server_context
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +124,13 @@ MAX_PDU: Final = 262_144
 MAX_ASSOCIATIONS: Final = 32
 #: Seconds that running associations get to finish when the service stops.
 STOP_GRACE_S: Final = 5.0
+#: Stand-in allow-list entry while no peer is allowed: pynetdicom treats an empty list as
+#: "accept anyone", and this title is never a real peer's.
+NO_PEER: Final = "NO-PEER-ALLOWED"
+#: How often (at most) a new connection reloads the allow-list from the catalog.
+PEER_REFRESH_S: Final = 2.0
+#: Seconds a peer of the DICOM TLS listener gets to complete its handshake.
+TLS_HANDSHAKE_S: Final = 10.0
 
 
 def _no_delay(sock: socket.socket | None) -> None:
@@ -136,6 +154,29 @@ class _NoDelayServer(ThreadedAssociationServer):
         return client, address
 
 
+class _TlsServer(_NoDelayServer):
+    """The threaded server for DICOM TLS: the handshake runs in the association's thread,
+    bounded by :data:`TLS_HANDSHAKE_S`, not in the accept loop as pynetdicom's does."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None and self.ssl_context is not None
+        client, address = self.socket.accept()
+        _no_delay(client)
+        client.settimeout(TLS_HANDSHAKE_S)
+        tls = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return tls, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            request.do_handshake()
+            request.settimeout(None)  # as pynetdicom expects an accepted socket
+        except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+            log.info("DICOM TLS handshake with %s failed: %s", client_address, exc)
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
 class _NoDelayAE(AE):
     """An AE whose servers and outgoing (C-MOVE) sockets use TCP_NODELAY."""
 
@@ -150,7 +191,7 @@ class _NoDelayAE(AE):
         **kwargs: Any,
     ) -> Any:
         if server_class is None or server_class is ThreadedAssociationServer:
-            server_class = _NoDelayServer
+            server_class = _NoDelayServer if ssl_context is None else _TlsServer
         return super().make_server(
             address,
             ae_title=ae_title,
@@ -223,7 +264,7 @@ def build_ae(settings: Settings) -> AE:
     ae = _NoDelayAE(ae_title=settings.dimse_ae_title)
     ae.maximum_pdu_size = MAX_PDU
     ae.maximum_associations = MAX_ASSOCIATIONS
-    ae.require_calling_aet = [a.strip() for a in settings.dimse_allowed_aes if a.strip()]
+    ae.require_calling_aet = [NO_PEER]  # DimseServer loads the real allow-list
     ae.add_supported_context(VERIFICATION)
     for sop_class in QUERY_RETRIEVE_CLASSES:
         ae.add_supported_context(sop_class, UNCOMPRESSED_SYNTAXES)
@@ -255,6 +296,7 @@ class DimseServer:
         host: str | None = None,
         port: int | None = None,
         ingestor: Ingestor | None = None,
+        gate: Gate | None = None,
     ) -> None:
         settings = archive.settings
         self.archive = archive
@@ -262,9 +304,16 @@ class DimseServer:
         self.port = settings.dimse_port if port is None else port
         self.ae_title = settings.dimse_ae_title
         self.ingestor = ingestor or Ingestor(archive)
+        self.gate = gate or Gate(archive)
+        self._own_gate = gate is None
         self.ae = build_ae(settings)
+        self.refresh_peers()
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+        #: Port of the DICOM TLS listener once started (``dimse_tls_port``; 0: none).
+        self.tls_port = settings.dimse_tls_port
         self._activity = _Activity()
+        self._peers_loaded = time.monotonic()
 
     def handlers(self) -> list[Any]:
         """Event handlers with their explicit dependencies."""
@@ -273,14 +322,34 @@ class DimseServer:
             str(k).strip(): v for k, v in settings.dimse_destinations.items()
         }
         track = self._activity.track
+        gate = self.gate
         return [
+            (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, track(handle_store), [self.ingestor]),
-            (evt.EVT_C_FIND, track(handle_find), [self.archive, self.ae_title]),
-            (evt.EVT_C_MOVE, track(handle_move), [self.archive, destinations, MAX_PDU]),
-            (evt.EVT_C_GET, track(handle_get), [self.archive]),
+            (evt.EVT_C_STORE, track(handle_store), [self.ingestor, gate]),
+            (evt.EVT_C_FIND, track(handle_find), [self.archive, self.ae_title, gate]),
+            (evt.EVT_C_MOVE, track(handle_move), [self.archive, destinations, MAX_PDU, gate]),
+            (evt.EVT_C_GET, track(handle_get), [self.archive, gate]),
             (evt.EVT_REJECTED, handle_rejected),
         ]
+
+    def refresh_peers(self) -> None:
+        """Load the allow-list of calling AEs from the catalog (``medshard dicom allow``).
+
+        With no peer allowed, every association is rejected: unknown AEs never get in.
+        """
+        allowed = self.gate.allowed_aes()
+        self.ae.require_calling_aet = allowed or [NO_PEER]
+
+    def _on_connection(self, event: evt.Event) -> None:
+        """Before a new peer's association request is read, take in allow-list changes."""
+        now = time.monotonic()
+        if now - self._peers_loaded > PEER_REFRESH_S:
+            self._peers_loaded = now
+            try:
+                self.refresh_peers()
+            except Exception:  # keep the last list; the catalog may be briefly busy
+                log.exception("could not reload the DICOM peer allow-list")
 
     def start(self) -> DimseServer:
         """Listen in a background thread and return at once.
@@ -304,14 +373,52 @@ class DimseServer:
         self._server = server
         self.port = int(server.server_address[1])
         log.info("DIMSE %s listening on %s:%d", self.ae_title, self.host, self.port)
+        if self.tls_port:
+            try:
+                self._start_tls()
+            except BaseException:
+                self.stop(0)
+                raise
         return self
+
+    def _start_tls(self) -> None:
+        """The DICOM TLS listener on ``dimse_tls_port``, with the same handlers."""
+        settings = self.archive.settings
+        home = settings.home
+        pair = check_pair(
+            resolve(home, settings.dimse_tls_cert),
+            resolve(home, settings.dimse_tls_key),
+            "DICOM TLS (dimse_tls_cert, dimse_tls_key)",
+        )
+        if pair is None:
+            raise ConfigError("dimse_tls_port is set: set dimse_tls_cert and dimse_tls_key too")
+        try:
+            context = server_context(pair, resolve(home, settings.dimse_tls_ca))
+        except ssl.SSLError as exc:
+            raise ConfigError(f"DICOM TLS: dimse_tls_ca is not usable: {exc}") from exc
+        try:
+            server = self.ae.start_server(
+                (self.host, self.tls_port),
+                block=False,
+                evt_handlers=self.handlers(),
+                ssl_context=context,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for DICOM TLS on {self.host}:{self.tls_port}: {exc}"
+            ) from exc
+        assert server is not None
+        self._tls_server = server
+        self.tls_port = int(server.server_address[1])
+        log.info("DICOM TLS %s listening on %s:%d", self.ae_title, self.host, self.tls_port)
 
     @property
     def running(self) -> bool:
         return self._server is not None
 
     def active_associations(self) -> list[Association]:
-        return list(self._server.active_associations) if self._server else []
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        return [assoc for s in servers for assoc in s.active_associations]
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop accepting, let running requests finish (up to ``grace_s``), abort associations.
@@ -320,17 +427,22 @@ class DimseServer:
         one in the middle of a C-STORE or a retrieve gets the grace period, so an instance
         being ingested is either committed or not, never cut off half-way.
         """
-        server, self._server = self._server, None
-        if server is None:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        self._server = self._tls_server = None
+        if not servers:
             return
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         if not self._activity.wait_idle(grace_s):
             log.warning("DIMSE requests still running after %.0f s; aborting them", grace_s)
-        for assoc in server.active_associations:
+        running = [assoc for server in servers for assoc in server.active_associations]
+        for assoc in running:
             log.warning("aborting DIMSE association with %s at shutdown", assoc.requestor.ae_title)
             assoc.abort()
-        for assoc in server.active_associations:
+        for assoc in running:
             assoc.join(timeout=2.0)
+        if self._own_gate:
+            self.gate.close()
         log.info("DIMSE %s stopped", self.ae_title)
 
 
@@ -342,7 +454,7 @@ def attach_to_app(app: Any) -> None:
     """
 
     def start(app: Any) -> None:
-        app.state.dimse = DimseServer(app.state.archive).start()
+        app.state.dimse = DimseServer(app.state.archive, gate=app.state.gate).start()
 
     def stop(app: Any) -> None:
         dimse: DimseServer | None = getattr(app.state, "dimse", None)

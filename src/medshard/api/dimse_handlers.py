@@ -44,6 +44,9 @@ from medshard.catalog.search import search
 from medshard.cluster.archive import Archive
 from medshard.errors import MedshardError
 from medshard.ingest.pipeline import Ingestor
+from medshard.security.context import Caller, acting_as
+from medshard.security.gate import Gate
+from medshard.security.policy import audit_results, scope_of
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,13 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: evt.Event, ingestor: Ingestor) -> int | Dataset:
+def _caller(event: evt.Event, gate: Gate) -> Caller:
+    """The service account the calling AE acts as; every handler runs as it."""
+    remote = event.assoc.requestor
+    return gate.caller(gate.dimse_principal(remote.ae_title, str(remote.address)))
+
+
+def handle_store(event: evt.Event, ingestor: Ingestor, gate: Gate) -> int | Dataset:
     """C-STORE: ingest the data set exactly as received, as a Part 10 file.
 
     The file is preamble + file meta (from the request and the negotiated transfer syntax)
@@ -77,26 +86,45 @@ def handle_store(event: evt.Event, ingestor: Ingestor) -> int | Dataset:
     """
     source = f"dimse:{_peer(event)}"
     try:
-        with SpooledTemporaryFile(max_size=SPOOL_BYTES) as fh:
+        caller = _caller(event, gate)
+        site, hook = gate.store_hook(caller.principal)
+    except Exception as exc:
+        return _refuse(exc, "C-STORE", event)[0]
+    try:
+        with acting_as(caller), SpooledTemporaryFile(max_size=SPOOL_BYTES) as fh:
             fh.write(_PREAMBLE)
             fh.write(encode_file_meta(event.file_meta))
             fh.write(event.encoded_dataset(include_meta=False))
             fh.seek(0)
-            outcome = ingestor.ingest_stream(fh, source)  # type: ignore[arg-type]
+            outcome = ingestor.ingest_stream(
+                fh,  # type: ignore[arg-type]
+                source,
+                site_id=site,
+                on_commit=hook,
+            )
     except Exception as exc:  # the pipeline reports bad input itself; this is a fault
         return _refuse(exc, "C-STORE", event)[0]
     if outcome.status in ("imported", "duplicate"):
         return SUCCESS
     log.warning("C-STORE from %s rejected: %s", _peer(event), outcome.reason)
+    gate.store_refused(caller.principal, outcome.reason, outcome.study_instance_uid)
     return failure(rejection_error(outcome), "C-STORE")
 
 
-def handle_find(event: evt.Event, archive: Archive, ae_title: str) -> Iterator[Reply]:
-    """C-FIND: one pending response per catalog match, then success."""
+def handle_find(event: evt.Event, archive: Archive, ae_title: str, gate: Gate) -> Iterator[Reply]:
+    """C-FIND: one pending response per catalog match the caller may see, then success."""
     try:
+        caller = _caller(event, gate)
         query = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
         with archive.catalog.session() as session:
-            rows = search(session, query.level, query.conditions, fields=query.catalog_fields())
+            rows = search(
+                session,
+                query.level,
+                query.conditions,
+                fields=query.catalog_fields(),
+                scope=scope_of(caller.principal),
+            )
+        audit_results(caller, "query", rows, detail=f"C-FIND {query.level}")
     except Exception as exc:
         yield _refuse(exc, "C-FIND", event)
         return
@@ -108,9 +136,11 @@ def handle_find(event: evt.Event, archive: Archive, ae_title: str) -> Iterator[R
     yield SUCCESS, None
 
 
-def _retrieve_matches(event: evt.Event, archive: Archive) -> list[Match]:
+def _retrieve_matches(event: evt.Event, archive: Archive, gate: Gate, action: str) -> list[Match]:
+    caller = _caller(event, gate)
     query = retrieve_query(event.identifier, str(event.request.AffectedSOPClassUID))
-    return find_matches(archive, query)
+    with acting_as(caller):
+        return find_matches(archive, query, action)
 
 
 @dataclass
@@ -167,6 +197,7 @@ def handle_move(
     archive: Archive,
     destinations: Mapping[str, Sequence[Any]],
     max_pdu: int,
+    gate: Gate,
 ) -> Iterator[Any]:
     """C-MOVE: send the matching instances to a configured destination AE.
 
@@ -188,7 +219,7 @@ def handle_move(
         return
     host, port = str(target[0]), int(target[1])
     try:
-        matches = _retrieve_matches(event, archive)
+        matches = _retrieve_matches(event, archive, gate, f"move to {name}")
     except Exception as exc:
         yield host, port, {"contexts": [build_context(VERIFICATION)], "max_pdu": max_pdu}
         yield 1
@@ -212,10 +243,10 @@ def handle_move(
     yield from _sub_operations(event, archive, matches, accepted)
 
 
-def handle_get(event: evt.Event, archive: Archive) -> Iterator[Any]:
+def handle_get(event: evt.Event, archive: Archive, gate: Gate) -> Iterator[Any]:
     """C-GET: send the matching instances back over the requestor's own association."""
     try:
-        matches = _retrieve_matches(event, archive)
+        matches = _retrieve_matches(event, archive, gate, "get")
     except Exception as exc:
         yield 1
         yield _refuse(exc, "C-GET", event)

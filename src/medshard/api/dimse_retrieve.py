@@ -39,6 +39,8 @@ from medshard.catalog.models import Instance, StoredObject
 from medshard.catalog.search import search
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidDicomError
+from medshard.security.context import require_caller
+from medshard.security.policy import audit_results, scope_of
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,16 @@ class Match:
     object_key: str
 
 
-def find_matches(archive: Archive, query: Query) -> list[Match]:
-    """Every stored instance the retrieve identifier selects, in catalog order."""
-    fields = ["SOPInstanceUID", "SOPClassUID", "AvailableTransferSyntaxUID"]
+def find_matches(archive: Archive, query: Query, action: str = "retrieve") -> list[Match]:
+    """Every stored instance the retrieve identifier selects that the caller may see, in
+    catalog order; audited per patient."""
+    fields = ["SOPInstanceUID", "SOPClassUID", "AvailableTransferSyntaxUID", "StudyInstanceUID"]
+    caller = require_caller()
     with archive.catalog.session() as session:
-        rows = search(session, "IMAGE", query.conditions, fields=fields)
+        rows = search(
+            session, "IMAGE", query.conditions, fields=fields, scope=scope_of(caller.principal)
+        )
+        audit_results(caller, action, rows, detail="DIMSE retrieve")
         pks = [r["_instance_pk"] for r in rows]
         keys: dict[int, str] = {}
         for start in range(0, len(pks), _IN_BATCH):

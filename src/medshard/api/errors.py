@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from medshard.errors import (
     AccessDeniedError,
+    AuthenticationError,
     InvalidInputError,
     MedshardError,
     NotFoundError,
@@ -44,6 +45,7 @@ STATUS_OF: list[tuple[type[MedshardError], int]] = [
     (ConflictError, 409),
     (PayloadTooLargeError, 413),
     (NotFoundError, 404),
+    (AuthenticationError, 401),
     (AccessDeniedError, 403),
     (UnsupportedContentError, 415),
     (InvalidInputError, 400),
@@ -61,4 +63,6 @@ def status_of(exc: MedshardError) -> int:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MedshardError)
     async def _medshard_error(_request: Request, exc: MedshardError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
+        status = status_of(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)

@@ -4,7 +4,8 @@ uvicorn owns the process's SIGTERM/SIGINT handling: on either signal it stops se
 and runs the app's lifespan shutdown, whose first hook stops the DIMSE service (running
 associations get a short grace period, then are aborted) before the archive is closed. The
 DIMSE listener is up before the first HTTP request is served, so a passing ``/healthz``
-means both doors are open.
+means both doors are open. Clients that stop sending (or never stop sending headers) are cut
+off after ``http_idle_timeout_s`` with 408 (or 431), see :mod:`medshard.api.timeouts`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ import uvicorn
 
 from medshard.api.app import create_app
 from medshard.api.dimse import attach_to_app
+from medshard.api.timeouts import RequestBodyGuard, guarded_protocol
 from medshard.config import Settings
+from medshard.security.tls import resolve as resolve_tls_path
 
 
 def run_service(settings: Settings) -> None:
     """Serve HTTP (REST, DICOMweb, metrics) and DIMSE until SIGTERM or SIGINT."""
     app = create_app(settings)
     attach_to_app(app)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+    uvicorn.run(
+        RequestBodyGuard(app, settings.http_idle_timeout_s),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        http=guarded_protocol(settings.http_idle_timeout_s),
+        # HTTPS when the settings name a certificate and key (None, None: plain HTTP)
+        ssl_certfile=resolve_tls_path(settings.home, settings.tls_cert),
+        ssl_keyfile=resolve_tls_path(settings.home, settings.tls_key),
+    )

@@ -33,6 +33,7 @@ import httpx
 import pydicom
 
 from medshard.api.dicomweb.multipart import multipart_content_type, multipart_stream
+from medshard.bench.auth_overhead import measure_overhead
 from medshard.bench.data import generate_instances
 from medshard.bench.ingest import start_cluster
 from medshard.demo import ServiceProcess
@@ -84,6 +85,7 @@ def _parallel(
     clients: int,
     call: Callable[[httpx.Client, Any], Sequence[Instance]],
     budget_s: float,
+    auth: dict[str, str],
 ) -> tuple[float, list[Instance]]:
     """Run ``call(client, item)`` over ``work`` on ``clients`` threads, each with its own
     connection, until done or ``budget_s`` passed; returns elapsed seconds and the instances
@@ -97,7 +99,7 @@ def _parallel(
         if time.perf_counter() - start > budget_s:
             return
         if not hasattr(local, "client"):
-            local.client = httpx.Client(timeout=TIMEOUT)
+            local.client = httpx.Client(timeout=TIMEOUT, headers=auth)
             made.append(local.client)
         done.extend(call(local.client, item))
 
@@ -119,7 +121,9 @@ def _failed(what: str, r: httpx.Response) -> MedshardError:
     return MedshardError(f"{what} answered {r.status_code}: {r.text[:300]}")
 
 
-def stow(base: str, items: Sequence[Instance], clients: int, batch: int) -> dict[str, Any]:
+def stow(
+    base: str, items: Sequence[Instance], clients: int, batch: int, auth: dict[str, str]
+) -> dict[str, Any]:
     """STOW-RS throughput: ``clients`` clients each posting ``batch`` instances per request."""
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]
     headers = {"Content-Type": multipart_content_type(BOUNDARY), "Accept": "application/dicom+json"}
@@ -132,7 +136,7 @@ def stow(base: str, items: Sequence[Instance], clients: int, batch: int) -> dict
             raise _failed(f"STOW-RS to {base}", r)
         return group
 
-    seconds, done = _parallel(batches, clients, post, PHASE_BUDGET_S)
+    seconds, done = _parallel(batches, clients, post, PHASE_BUDGET_S, auth)
     return _rates(seconds, done)
 
 
@@ -145,7 +149,9 @@ def _rates(seconds: float, done: Sequence[Instance]) -> dict[str, Any]:
     }
 
 
-def qido(base: str, items: Sequence[Instance], searches: int) -> dict[str, Any]:
+def qido(
+    base: str, items: Sequence[Instance], searches: int, auth: dict[str, str]
+) -> dict[str, Any]:
     """QIDO-RS latency of study searches, one at a time: exact PatientID, StudyInstanceUID,
     and a PatientID wildcard, over random studies."""
     rng = random.Random(11)
@@ -160,7 +166,7 @@ def qido(base: str, items: Sequence[Instance], searches: int) -> dict[str, Any]:
         ]
         queries.append(kinds[n % 3])
     latencies: list[float] = []
-    with httpx.Client(timeout=TIMEOUT) as client:
+    with httpx.Client(timeout=TIMEOUT, headers=auth) as client:
         for params in queries[:5]:  # warm-up: connections, caches
             client.get(_studies_url(base, params))
         for params in queries:
@@ -177,7 +183,9 @@ def qido(base: str, items: Sequence[Instance], searches: int) -> dict[str, Any]:
     }
 
 
-def wado(base: str, items: Sequence[Instance], clients: int) -> dict[str, Any]:
+def wado(
+    base: str, items: Sequence[Instance], clients: int, auth: dict[str, str]
+) -> dict[str, Any]:
     """WADO-RS retrieval of every instance as stored, in random order, by ``clients`` clients."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -197,33 +205,67 @@ def wado(base: str, items: Sequence[Instance], clients: int) -> dict[str, Any]:
 
     order = list(items)
     random.Random(12).shuffle(order)
-    seconds, done = _parallel(order, clients, get, PHASE_BUDGET_S)
+    seconds, done = _parallel(order, clients, get, PHASE_BUDGET_S, auth)
     return {**_rates(seconds, done), "p50_ms": _ms(latencies, 0.50), "p99_ms": _ms(latencies, 0.99)}
 
 
 def measure(
-    base: str, items: Sequence[Instance], *, clients: int, batch: int, searches: int
+    base: str,
+    items: Sequence[Instance],
+    *,
+    clients: int,
+    batch: int,
+    searches: int,
+    auth: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """STOW, then QIDO, then WADO against one DICOMweb root; raises if any request fails."""
+    headers = auth or {}
     return {
-        "stow": stow(base, items, clients, batch),
-        "qido": qido(base, items, searches),
-        "wado": wado(base, items, clients),
+        "stow": stow(base, items, clients, batch, headers),
+        "qido": qido(base, items, searches, headers),
+        "wado": wado(base, items, clients, headers),
     }
 
 
+@dataclass(frozen=True)
+class MedshardUnderTest:
+    base: str
+    home: Path
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def _bench_account(home: Path) -> str:
+    """A site PACS service account for the benchmark clients; returns its API token."""
+    from medshard.catalog.db import Catalog
+    from medshard.config import load_settings
+    from medshard.security import identity, tokens
+
+    catalog = Catalog(load_settings(home).database_url)
+    try:
+        with catalog.transaction() as session:
+            identity.add_user(session, username="bench-pacs", role="service", sites=["bench"])
+            return tokens.create_api_token(session, "bench-pacs", "bench")
+    finally:
+        catalog.dispose()
+
+
 @contextmanager
-def medshard_service(root: Path, nodes: int) -> Iterator[str]:
-    """A fresh deployment plus `medshard serve`; yields its DICOMweb root."""
+def medshard_service(root: Path, nodes: int) -> Iterator[MedshardUnderTest]:
+    """A fresh deployment plus `medshard serve`, and a PACS account's token to call it with."""
     root.mkdir(parents=True, exist_ok=True)
     home, procs = start_cluster(root, nodes)
     try:
+        token = _bench_account(home)
         service = ServiceProcess(
             home, free_port(), root / "service.log", ["--dimse-port", str(free_port())]
         )
         try:
             service.wait_ready()
-            yield f"{service.url}/dicom-web"
+            yield MedshardUnderTest(f"{service.url}/dicom-web", home, token)
         finally:
             service.stop()
     finally:
@@ -308,14 +350,20 @@ def run_dicomweb_bench(
             },
             "conditions": {
                 "medshard": f"k=3 replicas over {nodes} node processes, every chunk fsync'd and "
-                "AES-GCM encrypted, SQLite catalog with group commit",
+                "AES-GCM encrypted, SQLite catalog with group commit; every request "
+                "authenticated (a site PACS's API token), authorized and audited",
                 "orthanc": "one unencrypted copy on local disk, default configuration",
                 "ratios": "medshard/Orthanc: above 1 is better for rates, below 1 for latencies",
             },
         }
-        with medshard_service(root / "medshard", nodes) as base:
+        with medshard_service(root / "medshard", nodes) as ms:
             result["medshard"] = measure(
-                base, items, clients=clients, batch=batch, searches=searches
+                ms.base, items, clients=clients, batch=batch, searches=searches, auth=ms.auth
+            )
+            result["medshard"]["security_overhead"] = measure_overhead(
+                ms.home,
+                ms.token,
+                [(i.study, i.series, i.sop, i.patient_id) for i in items[: len(items) // 2]],
             )
         if shutil.which("Orthanc") is None or not ORTHANC_PLUGIN.exists():
             result["orthanc"] = {"skipped": "Orthanc or its DICOMweb plugin is not installed"}

@@ -24,6 +24,7 @@ from medshard.cluster.nodes import register_node
 from medshard.home import init_home
 from medshard.ingest.batch import import_files
 from medshard.node.launcher import NodeProcess, free_port, start_node_process
+from medshard.security.local import system_store_access
 
 SITES = ["site-a", "site-b", "site-c"]
 
@@ -81,7 +82,13 @@ def run_ingest_bench(
                 with Archive.open(home) as archive:
                     k = archive.settings.replicas
                     start = time.perf_counter()
-                    report = import_files(archive, [data_dir], workers=workers, processes=processes)
+                    report = import_files(
+                        archive,
+                        [data_dir],
+                        access=system_store_access,
+                        workers=workers,
+                        processes=processes,
+                    )
                     elapsed = time.perf_counter() - start
                 runs.append(
                     (

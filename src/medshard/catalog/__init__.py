@@ -4,6 +4,7 @@ replicas and nodes. The catalog, not a formula, is the truth for where data live
 Nothing here knows about HTTP; callers get sessions from :mod:`medshard.catalog.db`.
 """
 
+from medshard.catalog import access_models as _access_models  # noqa: F401  (registers tables)
 from medshard.catalog.db import Catalog, migrate
 from medshard.catalog.models import (
     Base,

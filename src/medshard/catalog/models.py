@@ -82,6 +82,7 @@ class CareSite(Base):
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), primary_key=True)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_involved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Study(Base):
@@ -185,6 +186,8 @@ class Instance(Base):
     object_pk: Mapped[int] = mapped_column(ForeignKey("objects.id"), unique=True)
     thumbnail_object_pk: Mapped[int | None] = mapped_column(ForeignKey("objects.id"), nullable=True)
     source_path: Mapped[str] = mapped_column(String(1024), default="")
+    #: The site it came from (the storing service account's, AE's or doctor's site).
+    source_site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -194,6 +197,7 @@ class Instance(Base):
 
 Index("ix_replicas_chunk_state", Replica.chunk_pk, Replica.state)
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
+Index("ix_instances_source_site", Instance.source_site_id)
 
 
 class AnalysisJob(Base):

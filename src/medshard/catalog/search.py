@@ -10,7 +10,7 @@ the rows returned only.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +32,18 @@ from medshard.errors import InvalidInputError
 Level = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 LEVELS: tuple[Level, ...] = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 DEPTH = {level: i for i, level in enumerate(LEVELS)}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the caller may see, as conditions on studies and on patients.
+
+    Built by the security layer (:func:`medshard.security.policy.visible_studies`); the
+    catalog only applies it, so QIDO-RS, C-FIND and every list filter in the database.
+    """
+
+    studies: ColumnElement[bool]
+    patients: ColumnElement[bool]
 
 
 @dataclass(frozen=True)
@@ -160,12 +172,13 @@ def search(
     fields: Iterable[str] | None = None,
     limit: int | None = None,
     offset: int = 0,
-    patient_scope: Collection[str] | None = None,
+    scope: Scope | None,
 ) -> list[dict[str, Any]]:
     """Rows (keyword -> value) at ``level`` whose attributes satisfy every condition.
 
     ``fields``: keywords to return (None: every attribute known at that level and above).
-    ``patient_scope``: if given, only these patient ids (per-patient authorization).
+    ``scope``: what the caller may see; required, so that no caller forgets it (None is
+    for the archive's own maintenance only).
     """
     query = _base(level)
     python_side: dict[str, Condition] = {}
@@ -193,8 +206,8 @@ def search(
             python_side[keyword] = cond
         else:
             query = query.where(clause)
-    if patient_scope is not None:
-        query = query.where(Patient.patient_id.in_(list(patient_scope)))
+    if scope is not None:
+        query = query.where(scope.patients if level == "PATIENT" else scope.studies)
     query = query.order_by(*_order(level))
     if not python_side:
         if offset:

@@ -47,7 +47,7 @@ from medshard.storage.envelope import (
     unwrap_data_key,
     wrap_data_key,
 )
-from medshard.storage.keys import KeyProvider
+from medshard.storage.keys import KeyProvider, key_provider_for
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ class ObjectStore:
         self.settings = settings
         self.placement = placement or CapacityWeightedPlacement()
         self._patient_keys: dict[tuple[str, bytes], bytes] = {}
+        path = settings.master_key_path
+        self._key_stamp = path.stat().st_mtime_ns if path.exists() else 0
 
     # -- keys ---------------------------------------------------------------------------
     def patient_key(self, patient: Patient) -> bytes:
@@ -109,15 +111,38 @@ class ObjectStore:
         cache_key = (patient.patient_id, patient.wrapped_key)
         key = self._patient_keys.get(cache_key)
         if key is None:
+            if patient.master_key_id and patient.master_key_id != self.keys.key_id:
+                self.reload_master_key()  # rotated by `medshard keys rotate` meanwhile
             key = self.keys.unwrap(patient.wrapped_key, patient_key_context(patient.patient_id))
             if len(self._patient_keys) > 10_000:
                 self._patient_keys.clear()
             self._patient_keys[cache_key] = key
         return key
 
-    def new_patient_key(self, patient_id: str) -> bytes:
-        """A fresh wrapped patient key for a new patient row."""
-        return self.keys.wrap(new_key(), patient_key_context(patient_id))
+    def new_patient_key(self, patient_id: str) -> tuple[bytes, str]:
+        """A fresh wrapped patient key for a new patient row, and the master key's id.
+
+        The key file is checked first, so a process started before a rotation never wraps
+        a new patient's key under the retired master key.
+        """
+        self.reload_master_key()
+        return self.keys.wrap(new_key(), patient_key_context(patient_id)), self.keys.key_id
+
+    def reload_master_key(self) -> None:
+        """Pick up a rotated master key (cheap when nothing changed: one stat)."""
+        path = self.settings.master_key_path
+        try:
+            stamp = path.stat().st_mtime_ns if path.exists() else 0
+        except OSError:
+            return
+        if stamp != self._key_stamp:
+            self._key_stamp = stamp
+            self.keys = key_provider_for(path)
+
+    def forget_patient(self, patient_id: str) -> None:
+        """Drop a shredded patient's key from memory."""
+        for cache_key in [k for k in self._patient_keys if k[0] == patient_id]:
+            self._patient_keys.pop(cache_key, None)
 
     # -- write --------------------------------------------------------------------------
     def write(

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from medshard.cluster.archive import Archive
-from medshard.ingest.pipeline import Ingestor, IngestOutcome
+from medshard.ingest.pipeline import CommitHook, Ingestor, IngestOutcome
 
 ImportReport = dict[str, list[dict[str, str]]]
+#: Given an archive, the site imports are attributed to and the per-instance commit hook
+#: (authorization and audit, from the security layer). Picklable: importer processes get it.
+StoreAccess = Callable[[Archive], tuple[int | None, CommitHook | None]]
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:
@@ -34,10 +37,20 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
+def _ingest_one(
+    ingestor: Ingestor, site: int | None, hook: CommitHook | None
+) -> Callable[[Path], IngestOutcome]:
+    def one(path: Path) -> IngestOutcome:
+        return ingestor.ingest_path(path, site_id=site, on_commit=hook)
+
+    return one
+
+
 def import_files(
     archive: Archive,
     paths: list[Path],
     *,
+    access: StoreAccess,
     workers: int = 0,
     processes: int = 1,
     on_total: Callable[[int], Any] | None = None,
@@ -54,15 +67,16 @@ def import_files(
         on_total(len(files))
     threads = workers or archive.settings.import_workers
     if processes > 1 and len(files) > BATCH_FILES:
-        outcomes = _in_processes(archive.settings.home, files, processes, threads)
+        outcomes = _in_processes(archive.settings.home, files, processes, threads, access)
         for outcome in outcomes:
             results.append(outcome)
             if on_done:
                 on_done(outcome)
         return report_of(results)
-    ingestor = Ingestor(archive)
+    site, hook = access(archive)
+    one = _ingest_one(Ingestor(archive), site, hook)
     with ThreadPoolExecutor(threads) as pool:
-        for outcome in pool.map(ingestor.ingest_path, files):
+        for outcome in pool.map(one, files):
             results.append(outcome)
             if on_done:
                 on_done(outcome)
@@ -72,30 +86,32 @@ def import_files(
 #: Files handed to an importer process at a time.
 BATCH_FILES = 16
 
-_worker_ingestor: Ingestor | None = None
+_worker_one: Callable[[Path], IngestOutcome] | None = None
 _worker_threads: ThreadPoolExecutor | None = None
 
 
-def _start_worker(home: str, threads: int) -> None:
-    global _worker_ingestor, _worker_threads
-    _worker_ingestor = Ingestor(Archive.open(home))
+def _start_worker(home: str, threads: int, access: StoreAccess) -> None:
+    global _worker_one, _worker_threads
+    archive = Archive.open(home)
+    site, hook = access(archive)
+    _worker_one = _ingest_one(Ingestor(archive), site, hook)
     _worker_threads = ThreadPoolExecutor(threads)
 
 
 def _import_batch(batch: list[Path]) -> list[IngestOutcome]:
-    assert _worker_ingestor is not None and _worker_threads is not None
-    return list(_worker_threads.map(_worker_ingestor.ingest_path, batch))
+    assert _worker_one is not None and _worker_threads is not None
+    return list(_worker_threads.map(_worker_one, batch))
 
 
 def _in_processes(
-    home: Path, files: list[Path], processes: int, threads: int
+    home: Path, files: list[Path], processes: int, threads: int, access: StoreAccess
 ) -> Iterable[IngestOutcome]:
     batches = [files[i : i + BATCH_FILES] for i in range(0, len(files), BATCH_FILES)]
     with ProcessPoolExecutor(
         processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(str(home), threads),
+        initargs=(str(home), threads, access),
     ) as pool:
         for outcomes in pool.map(_import_batch, batches):
             yield from outcomes
@@ -112,6 +128,7 @@ def report_of(results: list[IngestOutcome]) -> ImportReport:
                     "series_instance_uid": r.series_instance_uid,
                     "study_instance_uid": r.study_instance_uid,
                     "patient_id": r.patient_id,
+                    **({"note": r.note} if r.note else {}),
                 }
             )
         elif r.status == "duplicate":
@@ -121,6 +138,6 @@ def report_of(results: list[IngestOutcome]) -> ImportReport:
     return report
 
 
-def import_paths(home: Path, paths: list[Path]) -> ImportReport:
+def import_paths(home: Path, paths: list[Path], access: StoreAccess) -> ImportReport:
     with Archive.open(home) as archive:
-        return import_files(archive, paths)
+        return import_files(archive, paths, access=access)

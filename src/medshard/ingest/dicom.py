@@ -3,23 +3,33 @@
 A file is DICOM if it has the ``DICM`` marker after a 128-byte preamble, or (for files written
 without the Part 10 header, as some modalities and DICOMDIR members are) if it starts with a
 plausible data element of group 0002 or 0008. Only the header is parsed: pixel data is never
-loaded here, so a 1 GiB file costs no more memory than a small one.
+loaded here, so a 1 GiB file costs no more memory than a small one. A deflated data set
+(PS3.5 A.5) is inflated lazily up to the pixel data, never whole: pydicom alone would inflate
+all of it in memory, which is what a deflate bomb counts on. Whole-file checks (lengths, pixel
+data, inflation cap) are :mod:`medshard.ingest.validate`'s.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final, cast
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import BaseTag
 
-from medshard.errors import InvalidDicomError, UnsupportedContentError
+from medshard.errors import InvalidDicomError, InvalidInputError, UnsupportedContentError
+from medshard.ingest.inflate import DEFLATED, InflatingReader
+from medshard.ingest.uids import uid_problem
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+#: Header values larger than this are skipped, not read, when a deflated header is parsed.
+_DEFER_BYTES: Final = 1024 * 1024
 
 _MAGIC: list[tuple[int, bytes, str]] = [
     (0, b"%PDF", "a PDF document"),
@@ -57,18 +67,42 @@ def _plausible_raw_dataset(head: bytes) -> bool:
     return (vr.isalpha() and vr.isupper()) or struct.unpack("<I", head[4:8])[0] < 0x10000
 
 
-def read_header(source: Path | BinaryIO, name: str = "") -> Dataset:
-    """Parse the header (everything before pixel data); raise if it is not usable DICOM."""
+def check_signature(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first 1 KiB) has a Part 10 preamble.
+
+    Raises
+    ------
+    UnsupportedContentError
+        Neither a preamble with ``DICM`` nor a plausible bare data set: not DICOM.
+    """
+    has_preamble = head[128:132] == b"DICM"
+    if not has_preamble and not _plausible_raw_dataset(head):
+        raise UnsupportedContentError(f"not DICOM: looks like {sniff_non_dicom(head)}")
+    return has_preamble
+
+
+def read_header(
+    source: Path | BinaryIO, name: str = "", *, max_inflated_bytes: int = 1024**3
+) -> Dataset:
+    """Parse the header (everything before pixel data); raise if it is not usable DICOM.
+
+    ``max_inflated_bytes`` bounds the inflation of a deflated data set (the header of a
+    well-formed one comes long before it); the pipeline passes the deployment's
+    ``max_decompressed_bytes``, whose default this is.
+    """
     fh: BinaryIO = open(source, "rb") if isinstance(source, Path) else source  # noqa: SIM115
     try:
         start = fh.tell()
         head = fh.read(1024)
         fh.seek(start)
-        has_preamble = head[128:132] == b"DICM"
-        if not has_preamble and not _plausible_raw_dataset(head):
-            raise UnsupportedContentError(f"not DICOM: looks like {sniff_non_dicom(head)}")
+        has_preamble = check_signature(head)
         try:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=not has_preamble)
+            if _meta_syntax(fh, has_preamble) == DEFLATED:
+                ds = _read_deflated_header(fh, has_preamble, max_inflated_bytes)
+            else:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=not has_preamble)
+        except InvalidInputError:
+            raise  # ours already says what is wrong (e.g. the inflation cap)
         except (PydicomInvalidDicomError, ValueError, KeyError, EOFError, OSError) as exc:
             raise InvalidDicomError(f"unreadable DICOM header: {exc}") from exc
         except Exception as exc:  # pydicom raises assorted errors on damaged files
@@ -84,6 +118,45 @@ def read_header(source: Path | BinaryIO, name: str = "") -> Dataset:
     return ds
 
 
+def _at_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def _meta_syntax(fh: BinaryIO, has_preamble: bool) -> str:
+    """The Transfer Syntax UID in the file meta, if any; ``fh`` is left where it was."""
+    start = fh.tell()
+    try:
+        if has_preamble:
+            fh.seek(132, 1)
+        return str(_read_meta(fh).get("TransferSyntaxUID", ""))
+    finally:
+        fh.seek(start)
+
+
+def _read_meta(fh: BinaryIO) -> FileMetaDataset:
+    """File meta information (group 0002, empty when absent) from the current position."""
+    start = fh.tell()
+    if fh.read(2) != b"\x02\x00":
+        fh.seek(start)
+        return FileMetaDataset()
+    fh.seek(start)
+    meta = read_dataset(fh, False, True, stop_when=lambda tag, _vr, _len: tag.group != 2)
+    return FileMetaDataset(meta)
+
+
+def _read_deflated_header(fh: BinaryIO, has_preamble: bool, limit: int) -> Dataset:
+    """The header of a Deflated Explicit VR Little Endian file, inflated only as far as it
+    reaches; values over 1 MiB before the pixel data are skipped, not loaded."""
+    preamble = read_preamble(fh, False) if has_preamble else None
+    meta = _read_meta(fh)
+    inflated = cast(BinaryIO, InflatingReader(fh, limit))
+    ds = read_dataset(inflated, False, True, stop_when=_at_pixel_data, defer_size=_DEFER_BYTES)
+    # No file to re-read deferred values from: they would be inflated offsets into raw bytes.
+    out = FileDataset(io.BytesIO(), ds, preamble, meta, False, True)
+    out.set_original_encoding(False, True, ds.original_character_set)
+    return out
+
+
 def _validate(ds: Dataset) -> None:
     meta_class = str(getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) if ds.file_meta else ""
     if meta_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
@@ -97,9 +170,10 @@ def _validate(ds: Dataset) -> None:
     ]
     if missing:
         raise InvalidDicomError(f"DICOM file lacks {', '.join(missing)}: an archive needs them")
-    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if len(_text(ds, kw)) > 64:
-            raise InvalidDicomError(f"{kw} is longer than 64 characters")
+    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+        problem = uid_problem(_text(ds, kw, 256))
+        if problem is not None:
+            raise InvalidDicomError(f"{kw} {_text(ds, kw, 80)!r} is not a valid UID: {problem}")
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:

@@ -1,8 +1,10 @@
 """The ingest pipeline shared by every source (file import, C-STORE, STOW-RS, browser upload).
 
-parse + validate -> index fields -> duplicate check -> encrypt + replicate (quorum) -> one
-catalog transaction (instance with its object rows, plus any in-transaction hooks such as the
-analysis queue) -> outcome. A rejected file never leaves anything behind in the catalog.
+validate the whole file (:mod:`medshard.ingest.validate`) + parse the header -> index fields
+-> duplicate check -> encrypt + replicate (quorum) -> one catalog transaction (instance with
+its object rows, plus any in-transaction hooks such as the analysis queue) -> outcome. A
+rejected file never leaves anything behind in the catalog or on the nodes. A preamble that
+could make the file a polyglot is zeroed on the way in, and the outcome's ``note`` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from medshard.cluster.archive import Archive
 from medshard.cluster.objects import shard_of
 from medshard.errors import InvalidInputError, MedshardError
 from medshard.ingest.dicom import InstanceFields, instance_fields, read_header
+from medshard.ingest.validate import validate_stream
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 #: instances share one group-commit transaction with a single flush at its end, so a hook must
 #: not flush: it links its rows to ``instance`` by relationship or by the instance's UIDs.
 InstanceHook = Callable[[Session, Instance, InstanceFields], None]
+#: Like :data:`InstanceHook`, for one call: (session, patient pk, instance, fields). The
+#: security layer passes one to attach care team and audit rows to the instance's commit.
+CommitHook = Callable[[Session, int, Instance, InstanceFields], None]
 
 
 @dataclass
@@ -44,6 +50,8 @@ class IngestOutcome:
     patient_id: str = ""
     sop_class_uid: str = ""
     reason: str = ""
+    #: Set when the stored bytes differ from the input (e.g. a zeroed preamble).
+    note: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v or k in ("path",)}
@@ -89,22 +97,38 @@ class Ingestor:
         self._patients: dict[str, Patient] = {}
         self._pks: dict[tuple[str, str], int] = {}
 
-    def ingest_path(self, path: Path) -> IngestOutcome:
+    def ingest_path(
+        self, path: Path, *, site_id: int | None = None, on_commit: CommitHook | None = None
+    ) -> IngestOutcome:
         try:
             with open(path, "rb") as fh:
-                return self.ingest_stream(fh, str(path))
+                return self.ingest_stream(fh, str(path), site_id=site_id, on_commit=on_commit)
         except OSError as exc:
             metrics.INGEST_TOTAL.labels("rejected").inc()
             return IngestOutcome("rejected", str(path), reason=f"cannot read file: {exc}")
 
-    def ingest_stream(self, fh: BinaryIO, source: str) -> IngestOutcome:
-        """Ingest one seekable stream; never raises for bad input, returns ``rejected``."""
+    def ingest_stream(
+        self,
+        fh: BinaryIO,
+        source: str,
+        *,
+        site_id: int | None = None,
+        on_commit: CommitHook | None = None,
+    ) -> IngestOutcome:
+        """Ingest one seekable stream; never raises for bad input, returns ``rejected``.
+
+        ``site_id`` is the site the instance came from; ``on_commit`` runs in the instance's
+        catalog transaction (care team, audit), so they commit together or not at all.
+        """
         start = time.perf_counter()
+        cap = self.archive.settings.max_decompressed_bytes
         try:
-            fields = instance_fields(read_header(fh, source))
+            checked = validate_stream(fh, max_decompressed_bytes=cap)
+            fields = instance_fields(read_header(fh, source, max_inflated_bytes=cap))
         except InvalidInputError as exc:
             metrics.INGEST_TOTAL.labels("rejected").inc()
             return IngestOutcome("rejected", source, reason=str(exc))
+        fh = checked.stored_stream(fh)
         outcome = IngestOutcome(
             "imported",
             source,
@@ -113,14 +137,17 @@ class Ingestor:
             study_instance_uid=fields.study_instance_uid,
             patient_id=fields.patient_id,
             sop_class_uid=fields.sop_class_uid,
+            note=checked.note,
         )
+        if checked.note:
+            log.warning("%s: %s", source, checked.note)
         duplicate = self._duplicate_of(fh, fields)
         if duplicate is not None:
             outcome.status, outcome.reason = duplicate
             metrics.INGEST_TOTAL.labels(outcome.status).inc()
             return outcome
         try:
-            self._store(fh, fields, source)
+            self._store(fh, fields, source, site_id, on_commit)
         except IntegrityError:
             dup = self._duplicate_of(fh, fields)  # a concurrent ingest of the same instance
             outcome.status, outcome.reason = dup or ("rejected", "conflicting concurrent write")
@@ -147,7 +174,14 @@ class Ingestor:
             "bytes (e.g. another transfer syntax); the stored instance was kept",
         )
 
-    def _store(self, fh: BinaryIO, fields: InstanceFields, source: str) -> None:
+    def _store(
+        self,
+        fh: BinaryIO,
+        fields: InstanceFields,
+        source: str,
+        site_id: int | None = None,
+        on_commit: CommitHook | None = None,
+    ) -> None:
         archive = self.archive
         patient = self.patient(fields)
         study_pk = self._study(patient, fields)
@@ -168,6 +202,7 @@ class Ingestor:
                 "bits_allocated": fields.bits_allocated,
                 "object_pk": object_pk,
                 "source_path": source[:1024],
+                "source_site_id": site_id,
                 "created_at": utcnow(),
                 "deleted": False,
             }
@@ -178,6 +213,8 @@ class Ingestor:
             instance = Instance(id=instance_pk, **instance_values)  # detached, for hooks
             for hook in self.hooks:
                 hook(session, instance, fields)
+            if on_commit is not None:
+                on_commit(session, patient.id, instance, fields)
 
         try:
             archive.catalog.commit_grouped(commit)
@@ -197,6 +234,7 @@ class Ingestor:
             found = session.scalar(select(Patient).where(Patient.patient_id == pid))
         if found is not None:
             return self._remember_patient(found)
+        wrapped_key, key_id = self.archive.store.new_patient_key(pid)
         try:
             with catalog.transaction() as session:
                 session.add(
@@ -206,8 +244,8 @@ class Ingestor:
                         birth_date=fields.patient_birth_date,
                         sex=fields.patient_sex,
                         shard=shard_of(pid, self.archive.settings.shards),
-                        wrapped_key=self.archive.store.new_patient_key(pid),
-                        master_key_id=self.archive.keys.key_id,
+                        wrapped_key=wrapped_key,
+                        master_key_id=key_id,
                     )
                 )
         except IntegrityError:

@@ -3,7 +3,8 @@
 A node is only worth testing as a separate process: durability claims mean something only if
 ``kill -9`` can hit it mid-flight and a restart must find every acknowledged chunk. The handle
 keeps the command line, so :meth:`NodeProcess.restart` brings the same node back on the same
-port and data directory.
+port and data directory. :class:`NodeAuth` signs httpx requests to a node, for tests and
+tools that talk to one directly.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from medshard.errors import NodeUnavailableError
-from medshard.node.server import SECRET_ENV, SECRET_HEADER
+from medshard.node.server import SECRET_ENV
+from medshard.storage.node_auth import AUTH_HEADER, RequestSigner, content_hash
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,6 +32,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class NodeAuth(httpx.Auth):
+    """Signs every request of an httpx client for the node ``node`` (see
+    :mod:`medshard.storage.node_auth`).
+
+    Examples
+    --------
+    >>> client = httpx.Client(base_url=node.url, auth=NodeAuth(secret, node.name))  # doctest: +SKIP
+    """
+
+    def __init__(self, secret: str, node: str) -> None:
+        self._signer = RequestSigner(secret, node)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        target = request.url.raw_path.decode("ascii")
+        body = request.read()
+        content = content_hash(request.method, target, body)
+        request.headers[AUTH_HEADER] = self._signer.header(request.method, target, content)
+        yield request
 
 
 @dataclass
@@ -92,8 +115,7 @@ class NodeProcess:
             If the child exits or does not answer in time; the message carries the log tail.
         """
         deadline = time.monotonic() + timeout
-        headers = {SECRET_HEADER: self.secret}
-        with httpx.Client(timeout=1.0) as client:
+        with httpx.Client(timeout=1.0, auth=NodeAuth(self.secret, self.name)) as client:
             while True:
                 if not self.is_alive():
                     code = self._proc.returncode if self._proc else None
@@ -101,7 +123,7 @@ class NodeProcess:
                         self.name, f"exited with {code}; log tail:\n{self.log_tail()}"
                     )
                 try:
-                    r = client.get(f"{self.url}/health", headers=headers)
+                    r = client.get(f"{self.url}/health")
                     if r.status_code == 200:
                         health: dict[str, object] = r.json()
                         return health

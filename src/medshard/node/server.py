@@ -1,8 +1,7 @@
 """The storage-node daemon: a small HTTP front on a :class:`VolumeStore`.
 
 Run it as ``python -m medshard.node.server --name N --site S --port P --data PATH`` with the
-shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request carries
-``X-Medshard-Node-Secret``)::
+shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request signed, see below)::
 
     PUT    /chunks/{id}   raw bytes; 201 stored, 200 already there, 409 hash mismatch,
                           507 capacity or disk full, 400 malformed id, 413 too large
@@ -11,6 +10,15 @@ shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request carr
     DELETE /chunks/{id}   204, 404
     GET    /chunks        {"chunks": [...]} for reconciliation and repair
     GET    /health        name, site, capacity, usage, load, uptime
+
+Authentication (:mod:`medshard.storage.node_auth`): the secret never travels. Each request
+carries ``Authorization: Medshard-HMAC-SHA256 t=<unix s>,n=<nonce>,s=<hmac>``, an HMAC-SHA256
+under a key derived from the secret by HKDF over method, node name, path (and query), ``t``, the
+nonce and the body's SHA-256, which for ``PUT /chunks/{id}`` is the id itself (the node
+refuses a body that does not hash to it, 409). The node answers 401 to a missing, malformed or
+wrong signature, to ``t`` more than 60 s off its clock, and to a nonce it has already seen
+within that window; so clocks of the service and the nodes must agree within a minute (NTP).
+Signing and checking cost a few microseconds; the key is derived once at start.
 
 The app is a bare ASGI callable rather than FastAPI: six fixed routes need no validation
 layer, and per-request overhead matters when a node takes thousands of chunks per second.
@@ -22,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -46,12 +53,19 @@ from medshard.errors import (
     StorageError,
 )
 from medshard.node.volume import DEFAULT_VOLUME_BYTES, MAX_CHUNK_BYTES, VolumeStore, check_chunk_id
+from medshard.storage.node_auth import (
+    AUTH_HEADER,
+    EMPTY_SHA256,
+    SCHEME,
+    AuthError,
+    RequestVerifier,
+)
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "X-Medshard-Node-Secret"
 SECRET_ENV = "MEDSHARD_NODE_SECRET"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: signed requests instead of a secret header
+_AUTH_KEY = AUTH_HEADER.lower().encode()
 STREAM_PIECE_BYTES = 1 << 20
 
 Scope = MutableMapping[str, Any]
@@ -86,7 +100,7 @@ class NodeApp:
     name, site
         Reported by ``/health`` so the cluster can check it reached the node it meant to.
     secret
-        Shared node secret; compared in constant time.
+        Shared node secret; only the signing key derived from it is kept.
     io_threads
         Threads for store calls; more concurrent writers means bigger group commits.
     """
@@ -99,7 +113,7 @@ class NodeApp:
         self.store = store
         self.name = name
         self.site = site
-        self._secret = secret.encode()
+        self._verifier = RequestVerifier(secret, name)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix=f"node-{name}-io")
         self._started = time.monotonic()
         self.requests_in_flight = 0
@@ -134,10 +148,8 @@ class NodeApp:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
-        given = headers.get(SECRET_HEADER.lower().encode(), b"")
-        if not hmac.compare_digest(given, self._secret):
-            raise _HTTPError(401, f"missing or wrong {SECRET_HEADER}")
         method, path = scope["method"], scope["path"]
+        self._authenticate(method, path, scope, headers)
         if path == "/health" and method == "GET":
             await _send_json(send, 200, await self._io(self._health))
         elif path == "/chunks" and method == "GET":
@@ -158,6 +170,30 @@ class NodeApp:
                 raise _HTTPError(405, f"{method} not allowed on {path}")
         else:
             raise _HTTPError(404, f"no such endpoint {method} {path}")
+
+    def _authenticate(
+        self, method: str, path: str, scope: Scope, headers: dict[bytes, bytes]
+    ) -> None:
+        """Raise 401 unless the request is signed for this node, fresh and not a replay."""
+        target = scope.get("raw_path") or path.encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        target_text = target.decode("latin-1")
+        if method == "PUT" and path.startswith("/chunks/"):
+            content = path[len("/chunks/") :]  # the store checks that the body hashes to it
+        else:
+            content = EMPTY_SHA256  # no other request has a body; the node never reads one
+        header = headers.get(_AUTH_KEY)
+        try:
+            self._verifier.verify(
+                method,
+                target_text,
+                header.decode("latin-1") if header is not None else None,
+                content,
+                time.time(),
+            )
+        except AuthError as e:
+            raise _HTTPError(401, str(e), scheme=SCHEME) from None
 
     async def _put(
         self, chunk_id: str, headers: dict[bytes, bytes], receive: Receive, send: Send

@@ -7,7 +7,8 @@ general-purpose client (httpx) costing a third of the importer's CPU; this path 
 fraction of that. Every failure that means "this replica is not usable now" becomes
 :class:`NodeUnavailableError`, so callers can simply move on to the next replica.
 
-Protocol: see :mod:`medshard.node.server`.
+Protocol: see :mod:`medshard.node.server`. Every request is signed (:mod:`.node_auth`): the
+node secret itself is never sent.
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ from medshard.errors import (
     NotFoundError,
 )
 from medshard.storage.chunkstore import ChunkStat
-
-#: Must equal :data:`medshard.node.server.SECRET_HEADER` (the storage layer does not import
-#: the daemon, to keep uvicorn out of clients).
-SECRET_HEADER = "X-Medshard-Node-Secret"
+from medshard.storage.node_auth import AUTH_HEADER, EMPTY_SHA256, RequestSigner
 
 # Safe to retry once: every request of the protocol is idempotent (PUT of a content address
 # included), and a pooled connection the node closed or lost in a restart fails exactly so.
@@ -68,11 +66,12 @@ class NodeClient:
     Parameters
     ----------
     name
-        Node name, carried in errors so the caller knows which replica failed.
+        Node name as the node itself was started with: requests are signed for it, and errors
+        carry it so the caller knows which replica failed.
     url
         Base URL, e.g. ``http://127.0.0.1:7401``.
     secret
-        Shared node secret sent with every request.
+        The cluster's node secret; requests are signed with a key derived from it.
     timeout
         Seconds for connect, each read and each write; a slow node counts as unavailable.
     max_connections
@@ -94,7 +93,7 @@ class NodeClient:
         if parts.scheme != "http" or not parts.hostname:
             raise InvalidInputError(f"node {name}: unsupported URL {url!r} (http://host:port)")
         self._host, self._port = parts.hostname, parts.port or 80
-        self._secret = secret
+        self._signer = RequestSigner(secret, name)
         self._timeout = timeout
         self._max_idle = max_connections
         self._idle: list[_Connection] = []
@@ -107,7 +106,7 @@ class NodeClient:
 
     def put(self, chunk_id: str, data: bytes) -> bool:
         """Returns only once the node has the chunk durable; False if it already had it."""
-        r = self._request("PUT", f"/chunks/{chunk_id}", data)
+        r = self._request("PUT", f"/chunks/{chunk_id}", data, content_sha256=chunk_id)
         return r.status_code == 201
 
     def get(self, chunk_id: str) -> bytes:
@@ -157,12 +156,20 @@ class NodeClient:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_sha256: str = EMPTY_SHA256,
+    ) -> Response:
+        """Send one signed request; ``content_sha256`` is the body's hash (a chunk's id)."""
         try:
             try:
-                r = self._send(method, path, body, fresh=False)
-            except _RETRYABLE:
-                r = self._send(method, path, body, fresh=True)
+                r = self._send(method, path, body, content_sha256, fresh=False)
+            except _RETRYABLE:  # signed afresh: the node may have seen the first nonce
+                r = self._send(method, path, body, content_sha256, fresh=True)
         except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
             raise NodeUnavailableError(self.name, f"{type(e).__name__}: {e}") from e
         if r.status_code < 300:
@@ -170,11 +177,13 @@ class NodeClient:
         self._raise_for(r, path)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, method: str, path: str, body: bytes | None, *, fresh: bool) -> Response:
+    def _send(
+        self, method: str, path: str, body: bytes | None, content_sha256: str, *, fresh: bool
+    ) -> Response:
         conn = None if fresh else self._checkout()
         if conn is None:
             conn = _Connection(self._host, self._port, timeout=self._timeout)
-        headers = {SECRET_HEADER: self._secret}
+        headers = {AUTH_HEADER: self._signer.header(method, path, content_sha256)}
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
         try:
@@ -216,7 +225,7 @@ class NodeClient:
         if r.status_code in (400, 413):
             raise InvalidInputError(f"node {self.name} refused {path}: {message}")
         if r.status_code == 401:
-            raise NodeUnavailableError(self.name, f"rejected the node secret: {message}")
+            raise NodeUnavailableError(self.name, f"refused our signature: {message}")
         raise NodeUnavailableError(self.name, f"HTTP {r.status_code} on {path}: {message}")
 
 

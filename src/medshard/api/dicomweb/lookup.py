@@ -16,6 +16,8 @@ from medshard.api.errors import NotAcceptableError
 from medshard.catalog.models import Instance, Series, StoredObject, Study
 from medshard.cluster.archive import Archive
 from medshard.errors import NotFoundError
+from medshard.security.context import require_caller
+from medshard.security.policy import visible_studies
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,15 @@ class InstanceRef:
 
 
 def find_instances(
-    archive: Archive, study: str, series: str | None = None, sop: str | None = None
+    archive: Archive,
+    study: str,
+    series: str | None = None,
+    sop: str | None = None,
+    *,
+    action: str = "read",
 ) -> list[InstanceRef]:
-    """Instances of a study (optionally one series or one instance), in series/instance order.
+    """Instances of a study (optionally one series or one instance), in series/instance order,
+    among those the current caller may see; the read is audited here, once per request.
 
     Raises
     ------
@@ -77,11 +85,15 @@ def find_instances(
         query = query.where(Series.series_instance_uid == series)
     if sop is not None:
         query = query.where(Instance.sop_instance_uid == sop)
+    caller = require_caller()  # fails closed: nobody authenticated, nothing read
+    query = query.where(visible_studies(caller.principal))
     with archive.catalog.session() as session:
         rows = session.execute(query).all()
-    if not rows:
+    if not rows:  # missing and forbidden answer alike; a forbidden one is audited as denied
+        caller.gate.not_visible(caller.principal, action, study_uid=study)
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         raise NotFoundError(f"no {what} in study {study}" if sop or series else f"no {what}")
+    caller.gate.read(caller.principal, action, patient_pk=rows[0][8], study_uid=study, sop_uid=sop)
     return [InstanceRef(*row[:9], has_pixels=row[9] is not None) for row in rows]
 
 

@@ -12,6 +12,12 @@ The boundary match is strict: ``CRLF--boundary`` followed by anything other than
 optional white space and CRLF is body data, not a delimiter, so payloads that merely *contain*
 the boundary's bytes survive.
 
+A body may hold at most ``max_parts`` parts (:data:`DEFAULT_MAX_PARTS`): every part costs a
+spool object (and, past the memory budget, an open temporary file) however small it is, so
+a body of millions of empty parts would cost gigabytes of memory or every file descriptor;
+beyond the limit the body is refused as too large (413). The body's total size is the
+caller's to cap (STOW-RS: ``stow_max_request_bytes``).
+
 ``parse_content_type`` / ``boundary_of`` read the request's ``Content-Type`` header;
 :class:`MultipartParser` is the sans-IO core for callers that want the raw event stream.
 """
@@ -26,9 +32,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Final
 
+from medshard.api.errors import PayloadTooLargeError
 from medshard.errors import InvalidInputError
 
 __all__ = [
+    "DEFAULT_MAX_PARTS",
     "DEFAULT_SPOOL_MAX",
     "Body",
     "MultipartParser",
@@ -47,6 +55,8 @@ __all__ = [
 ]
 
 DEFAULT_SPOOL_MAX: Final = 8 * 1024 * 1024
+#: Most parts one body may hold; send bigger studies in several requests.
+DEFAULT_MAX_PARTS: Final = 10_000
 _CRLF: Final = b"\r\n"
 _MAX_PADDING: Final = 256  # transport padding after a delimiter, before its CRLF
 # RFC 2046 bchars (the space may not be last); RFC 7230 token characters for header names.
@@ -197,11 +207,20 @@ class MultipartParser:
     max_header_bytes : int
         Largest header block accepted per part; stops a body without blank line from
         being buffered whole.
+    max_parts : int
+        Most parts accepted; one more raises :class:`PayloadTooLargeError`.
     """
 
-    def __init__(self, boundary: str, *, max_header_bytes: int = 16 * 1024) -> None:
+    def __init__(
+        self,
+        boundary: str,
+        *,
+        max_header_bytes: int = 16 * 1024,
+        max_parts: int = DEFAULT_MAX_PARTS,
+    ) -> None:
         self._delim = b"\r\n--" + _check_boundary(boundary).encode("ascii")
         self._max_header_bytes = max_header_bytes
+        self._max_parts = max_parts
         # A virtual CRLF lets the first delimiter, which may open the body, match like the rest.
         self._buf = bytearray(_CRLF)
         self._state = _PREAMBLE
@@ -290,6 +309,11 @@ class MultipartParser:
                     return
                 # buf[0:2] is the delimiter line's CRLF, so a part without headers
                 # ("--b CRLF CRLF body") still yields an (empty) block ending at 0.
+                if self._parts >= self._max_parts:
+                    raise PayloadTooLargeError(
+                        f"multipart body has more than {self._max_parts} parts; "
+                        "send them in several requests"
+                    )
                 headers = _parse_headers(bytes(buf[2:end]), self._parts + 1)
                 del buf[: end + 4]
                 self._parts += 1
@@ -404,8 +428,12 @@ class Part:
 class _Assembler:
     """Turns parser events into :class:`Part` objects with spooled bodies."""
 
-    def __init__(self, boundary: str, spool_max: int, max_header_bytes: int) -> None:
-        self.parser = MultipartParser(boundary, max_header_bytes=max_header_bytes)
+    def __init__(
+        self, boundary: str, spool_max: int, max_header_bytes: int, max_parts: int
+    ) -> None:
+        self.parser = MultipartParser(
+            boundary, max_header_bytes=max_header_bytes, max_parts=max_parts
+        )
         self.spool_max = spool_max
         self.current: Part | None = None
 
@@ -439,6 +467,7 @@ async def iter_parts(
     *,
     spool_max: int = DEFAULT_SPOOL_MAX,
     max_header_bytes: int = 16 * 1024,
+    max_parts: int = DEFAULT_MAX_PARTS,
 ) -> AsyncIterator[Part]:
     """Parse a streamed multipart body, yielding each part once its body is complete.
 
@@ -452,6 +481,8 @@ async def iter_parts(
         Bytes of a part kept in memory before it rolls over to a temporary file.
     max_header_bytes : int
         Limit on one part's header block.
+    max_parts : int
+        Limit on the number of parts (more raise :class:`PayloadTooLargeError`).
 
     Yields
     ------
@@ -463,8 +494,10 @@ async def iter_parts(
     InvalidInputError
         Wrong boundary, garbage, malformed headers, no parts or a truncated body. Parts
         yielded before the error are valid, so STOW-RS may store them and report the rest.
+    PayloadTooLargeError
+        More than ``max_parts`` parts.
     """
-    asm = _Assembler(boundary, spool_max, max_header_bytes)
+    asm = _Assembler(boundary, spool_max, max_header_bytes, max_parts)
     try:
         async for chunk in chunks:
             for part in asm.apply(asm.parser.feed(chunk)):
@@ -481,9 +514,10 @@ def iter_parts_sync(
     *,
     spool_max: int = DEFAULT_SPOOL_MAX,
     max_header_bytes: int = 16 * 1024,
+    max_parts: int = DEFAULT_MAX_PARTS,
 ) -> Iterator[Part]:
     """Blocking twin of :func:`iter_parts` for the CLI, files and tests."""
-    asm = _Assembler(boundary, spool_max, max_header_bytes)
+    asm = _Assembler(boundary, spool_max, max_header_bytes, max_parts)
     try:
         for chunk in chunks:
             yield from asm.apply(asm.parser.feed(chunk))

@@ -17,6 +17,8 @@ from medshard.api.dicomweb.query import Level as QidoLevel
 from medshard.api.dicomweb.query import QidoQuery, SingleValue, default_attributes
 from medshard.catalog.search import ATTRIBUTES, DEPTH, Level, search, searchable
 from medshard.cluster.archive import Archive
+from medshard.security.context import require_caller
+from medshard.security.policy import audit_results, scope_of
 
 _CATALOG_LEVEL: Final[dict[str, Level]] = {
     "study": "STUDY",
@@ -65,6 +67,7 @@ def qido_search(
     unindexed = [k for k in query.includefield if k not in keywords]
     if unindexed:
         warnings.append(f"not indexed by this archive, so not returned: {', '.join(unindexed)}")
+    caller = require_caller()
     with archive.catalog.session() as session:
         rows = search(
             session,
@@ -73,7 +76,9 @@ def qido_search(
             fields=[k for k in keywords if k in ATTRIBUTES] + list(_UID_KEYS),
             limit=query.limit,
             offset=query.offset,
+            scope=scope_of(caller.principal),
         )
+    audit_results(caller, "query", rows, detail=f"QIDO-RS {query.level}")
     return [_qido_json(row, keywords, query.level, base) for row in rows], warnings
 
 

@@ -16,6 +16,11 @@ Decisions worth knowing:
 * UI and CS values may list alternatives separated by ``,`` or ``\\`` (UID list matching and
   ``ModalitiesInStudy=CT,MR``); other VRs take the value literally.
 * An empty value or a lone ``*`` is universal matching: the attribute is returned, not filtered.
+* Hostile values are refused (400) here rather than handed to SQL: UIDs must follow PS3.5 9.1,
+  ``limit``/``offset`` must be ASCII integers that fit a 32-bit signed column (``offset=2**63``
+  used to overflow the database driver: a 500), values may not hold control characters (NUL
+  is an error in PostgreSQL strings) or exceed :data:`MAX_VALUE_CHARS`, and a pattern may hold
+  at most :data:`MAX_WILDCARDS` wildcards (SQL LIKE matching can be exponential in them).
 """
 
 from __future__ import annotations
@@ -40,10 +45,14 @@ from medshard.catalog.matching import (
     to_sql_like,
 )
 from medshard.errors import InvalidInputError
+from medshard.ingest.uids import uid_problem
 
 __all__ = [
     "DEFAULT_ATTRIBUTES",
     "LIKE_ESCAPE",
+    "MAX_OFFSET",
+    "MAX_VALUE_CHARS",
+    "MAX_WILDCARDS",
     "REQUIRED_MATCHING_KEYS",
     "AnyOf",
     "Condition",
@@ -142,7 +151,14 @@ _NO_WILDCARD_VRS: Final = frozenset(
 )
 _LIST_VRS: Final = frozenset({"UI", "CS"})
 _BINARY_VRS: Final = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW"})
-_UID_RE: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Largest ``limit`` or ``offset``: fits every database's LIMIT/OFFSET column type.
+MAX_OFFSET: Final = 2**31 - 1
+#: Longest matching value (a list of a few hundred UIDs fits).
+MAX_VALUE_CHARS: Final = 16 * 1024
+#: Most ``*``/``?`` wildcards in one matching value.
+MAX_WILDCARDS: Final = 16
+_DIGITS: Final = re.compile(r"[0-9]{1,10}")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- attributes
@@ -257,9 +273,13 @@ def _condition(keyword: str, vr: str, raw: str) -> Condition | None:
     value = raw.strip()
     if value in ("", "*"):
         return None
+    if len(value) > MAX_VALUE_CHARS:
+        raise InvalidInputError(f"{keyword}: value longer than {MAX_VALUE_CHARS} characters")
     if vr in ("SQ", *_BINARY_VRS):
         raise InvalidInputError(f"{keyword} ({vr}) cannot be used as a matching key")
     wild = "*" in value or "?" in value
+    if value.count("*") + value.count("?") > MAX_WILDCARDS:
+        raise InvalidInputError(f"{keyword}: more than {MAX_WILDCARDS} wildcards")
     if wild and vr in _NO_WILDCARD_VRS:
         raise InvalidInputError(f"{keyword}: wildcards are not allowed for {vr} values")
     if vr in RANGE_VRS:
@@ -269,9 +289,11 @@ def _condition(keyword: str, vr: str, raw: str) -> Condition | None:
         if any(not v for v in items):
             raise InvalidInputError(f"{keyword}: empty entry in value list {value!r}")
         if vr == "UI":
-            bad = [v for v in items if len(v) > 64 or not _UID_RE.fullmatch(v)]
-            if bad:
-                raise InvalidInputError(f"{keyword}: {bad[0]!r} is not a valid UID")
+            for item in items:
+                if (problem := uid_problem(item)) is not None:
+                    raise InvalidInputError(
+                        f"{keyword}: {item[:80]!r} is not a valid UID: {problem}"
+                    )
         if len(items) > 1:
             if wild:
                 raise InvalidInputError(f"{keyword}: wildcards cannot be combined with a list")
@@ -294,8 +316,10 @@ def _pairs(
 
 def _non_negative(name: str, value: str) -> int:
     text = value.strip()
-    if not text.isdigit():
-        raise InvalidInputError(f"{name} must be a non-negative integer, got {value!r}")
+    if not _DIGITS.fullmatch(text) or int(text) > MAX_OFFSET:
+        raise InvalidInputError(
+            f"{name} must be a non-negative integer up to {MAX_OFFSET}, got {value[:40]!r}"
+        )
     return int(text)
 
 
@@ -331,6 +355,10 @@ def parse_qido(
         key = raw_key.strip()
         name = key.lower()
         value = raw_value if isinstance(raw_value, str) else str(raw_value)
+        if _CONTROL.search(key) or _CONTROL.search(value):
+            raise InvalidInputError(
+                f"query parameter {key[:40]!r} holds a control character (e.g. NUL)"
+            )
         if name == "includefield":
             for item in (v.strip() for v in value.split(",")):
                 if item.lower() == "all":

@@ -1,22 +1,24 @@
 """QIDO-RS (PS3.18 10.6): searches for studies, series and instances as DICOM JSON.
 
 A search with no match answers 200 with ``[]`` (PS3.18 2026a Table 11.9.3-1 and what Orthanc
-does); a malformed query answers 400; ``application/dicom+xml`` alone is 406.
+does); a malformed query answers 400 (an invalid UID in the path or a value, a number out of
+range, a control character); ``application/dicom+xml`` alone is 406.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from medshard.api.deps import ArchiveDep
+from medshard.api.dicomweb.path_uids import valid_path_uids
 from medshard.api.dicomweb.qido import qido_search
 from medshard.api.dicomweb.query import Level, parse_qido
 from medshard.api.dicomweb.routes_common import ROOT, base_url, dicom_json, require_json
 
-router = APIRouter(prefix=ROOT, tags=["dicomweb"])
+router = APIRouter(prefix=ROOT, tags=["dicomweb"], dependencies=[Depends(valid_path_uids)])
 
 #: Most results one search returns; clients page past it with ``offset``.
 MAX_RESULTS: Final = 1000

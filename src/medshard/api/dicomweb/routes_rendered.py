@@ -5,35 +5,62 @@ image/png (``*/*`` gives JPEG for /rendered, as the standard's default, and PNG 
 /thumbnail, the format thumbnails are persisted in). Query parameters: ``window=center,width
 [,linear|linear-exact|sigmoid]``, ``viewport=width,height`` and ``quality=1..100``; the
 annotation and ICC profile parameters are ignored, cropping viewports are refused (400).
-A series' or study's thumbnail is that of its representative instance.
+A series' or study's thumbnail is that of its representative instance. Numbers must be
+finite, and a viewport side at most :data:`MAX_VIEWPORT` pixels: renderings upscale, so an
+unbounded viewport would let one request allocate gigabytes.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import re
+from typing import Final, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from medshard.api.deps import ArchiveDep
 from medshard.api.dicomweb.frames import parse_frame_list
 from medshard.api.dicomweb.lookup import InstanceRef, find_instances, representative
+from medshard.api.dicomweb.path_uids import valid_path_uids
 from medshard.api.dicomweb.rendering import THUMBNAIL_SIDE, RenderRequest, rendered, thumbnail_png
 from medshard.api.dicomweb.routes_common import ROOT, RenderCacheDep, negotiate_image
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidInputError
 from medshard.ingest.render import RenderCache
 
-router = APIRouter(prefix=ROOT, tags=["dicomweb"])
+router = APIRouter(prefix=ROOT, tags=["dicomweb"], dependencies=[Depends(valid_path_uids)])
+#: Largest viewport width or height, in pixels (a 4096 x 4096 RGB rendering is 48 MiB).
+MAX_VIEWPORT: Final = 4096
+_DIGITS: Final = re.compile(r"[0-9]{1,9}")
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
 def _floats(name: str, text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise InvalidInputError(f"{name} must be comma-separated numbers, got {text!r}") from None
+        values = [math.nan]
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidInputError(f"{name} must be comma-separated numbers, got {text[:80]!r}")
+    return values
+
+
+def whole_number(name: str, text: str, low: int, high: int) -> int:
+    """An ASCII decimal integer from ``low`` to ``high``.
+
+    Raises
+    ------
+    InvalidInputError
+        Anything else (signs, other digits such as "²", too many digits, out of range).
+    """
+    text = text.strip()
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise InvalidInputError(
+            f"{name} must be an integer from {low} to {high}, got {text[:80]!r}"
+        )
+    return int(text)
 
 
 def render_request(
@@ -59,16 +86,11 @@ def render_request(
         parts = params["viewport"].split(",")
         if len(parts) not in (2, 6) or any(p.strip() for p in parts[2:]):
             raise InvalidInputError("viewport takes width,height (cropping is not supported)")
-        w, h = _floats("viewport", ",".join(parts[:2]))
-        if w < 1 or h < 1 or w != int(w) or h != int(h):
-            raise InvalidInputError("viewport width and height must be positive integers")
-        size = (int(w), int(h))
+        w, h = (whole_number("viewport", p, 1, MAX_VIEWPORT) for p in parts[:2])
+        size = (w, h)
     quality = 90
     if "quality" in params:
-        text = params["quality"].strip()
-        if not text.isdigit() or not 1 <= int(text) <= 100:
-            raise InvalidInputError(f"quality must be an integer from 1 to 100, got {text!r}")
-        quality = int(text)
+        quality = whole_number("quality", params["quality"], 1, 100)
     return RenderRequest(fmt, frame, window, voi, size, quality)
 
 

@@ -1,17 +1,21 @@
 """STOW-RS (PS3.18 10.5): ``POST /dicom-web/studies[/{study}]`` with DICOM Part 10 parts.
 
 The body streams through the multipart parser into spooled parts; nothing is stored until the
-whole body has parsed, so a malformed request (400), a wrong Content-Type (415) or an oversized
-body (413) leaves the archive untouched. Each part then gets its own verdict.
+whole body has parsed, so a malformed request (400), a wrong Content-Type (415), an invalid
+study UID in the path (400), an oversized body or one with too many parts (413, the size cap
+is ``stow_max_request_bytes``) or one that stops arriving (408, see ``api/timeouts.py``)
+leaves the archive untouched. Each part then gets its own verdict; a part whose preamble had
+to be zeroed is stored and named in the response's Warning header.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from medshard.api.dicomweb.multipart import parse_content_type
+from medshard.api.dicomweb.path_uids import valid_path_uids
 from medshard.api.dicomweb.routes_common import (
     ROOT,
     IngestorDep,
@@ -23,10 +27,10 @@ from medshard.api.dicomweb.stow import receive_parts, store_parts, stow_response
 from medshard.api.errors import PayloadTooLargeError
 from medshard.errors import InvalidInputError, UnsupportedContentError
 
-router = APIRouter(prefix=ROOT, tags=["dicomweb"])
+router = APIRouter(prefix=ROOT, tags=["dicomweb"], dependencies=[Depends(valid_path_uids)])
 
-#: Largest STOW-RS request body accepted; bigger studies are sent in several requests.
-MAX_REQUEST_BYTES: Final = 8 * 1024**3
+#: Used when the app has no settings (tests building a bare app).
+DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024**3
 _EXPECTED: Final = 'multipart/related; type="application/dicom"'
 
 
@@ -54,16 +58,23 @@ def stow_boundary(content_type: str | None) -> str:
     return boundary
 
 
+def max_request_bytes(request: Request) -> int:
+    """The deployment's cap on a STOW-RS body (``stow_max_request_bytes``)."""
+    settings = getattr(request.app.state, "settings", None)
+    return int(getattr(settings, "stow_max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+
+
 async def _store(request: Request, ingestor: IngestorDep, study: str | None) -> Response:
     require_json(request.headers.get("accept"))
     boundary = stow_boundary(request.headers.get("content-type"))
+    limit = max_request_bytes(request)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+    if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(
-            f"request body of {declared} bytes exceeds {MAX_REQUEST_BYTES}; "
+            f"request body of {declared[:30]} bytes exceeds {limit}; "
             "send the study in several requests"
         )
-    parts = await receive_parts(request.stream(), boundary, max_bytes=MAX_REQUEST_BYTES)
+    parts = await receive_parts(request.stream(), boundary, max_bytes=limit)
     try:
         items = await store_parts(ingestor, parts, study)
     finally:

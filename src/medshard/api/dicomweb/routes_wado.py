@@ -7,7 +7,8 @@ transcoded before responding for the same reason; in a series or study, instance
 transcoded one by one as the stream reaches them, so one that cannot be decoded cuts the
 response short (the error is logged), which is why viewers should ask for
 ``transfer-syntax=*``. Study and series metadata stream as a JSON array; an instance whose
-header cannot be read is left out and logged.
+header cannot be read is left out and logged. Path UIDs are checked before anything else
+(400); a frame list may not name a frame twice, so a URL cannot multiply one frame's bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -26,6 +27,7 @@ from medshard.api.dicomweb.dicomjson import resolve_bulkdata_path
 from medshard.api.dicomweb.frames import FrameFormat, frames, parse_frame_list
 from medshard.api.dicomweb.lookup import InstanceRef, find_instances
 from medshard.api.dicomweb.multipart import Body
+from medshard.api.dicomweb.path_uids import valid_path_uids
 from medshard.api.dicomweb.retrieve import (
     element_bytes,
     instance_body,
@@ -48,11 +50,11 @@ from medshard.api.dicomweb.routes_common import (
     require_json,
 )
 from medshard.cluster.archive import Archive
-from medshard.errors import MedshardError, NotFoundError
+from medshard.errors import InvalidInputError, MedshardError, NotFoundError
 from medshard.ingest.render import frame_count
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix=ROOT, tags=["dicomweb"])
+router = APIRouter(prefix=ROOT, tags=["dicomweb"], dependencies=[Depends(valid_path_uids)])
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 
 
@@ -158,6 +160,21 @@ async def instance_metadata_route(
 # --------------------------------------------------------------------------- pixel data
 
 
+def distinct_frames(frame_list: str) -> list[int]:
+    """The frame numbers of a ``/frames/{list}`` path, each at most once.
+
+    Raises
+    ------
+    InvalidInputError
+        Not 1-based numbers, or a number repeated (``frames/1,1,1,...`` would make one small
+        request cost as many decoded frames as the URL can name).
+    """
+    numbers = parse_frame_list(frame_list)
+    if len(set(numbers)) != len(numbers):
+        raise InvalidInputError(f"frame list {frame_list[:80]!r} names a frame more than once")
+    return numbers
+
+
 def _frame_headers(fmt: FrameFormat, location: str) -> dict[str, str]:
     media = fmt.media_type
     if fmt.transfer_syntax:
@@ -175,7 +192,7 @@ async def retrieve_frames(
     archive: ArchiveDep,
 ) -> Response:
     """Frames (1-based, comma-separated), uncompressed unless a compressed type is asked for."""
-    numbers = parse_frame_list(frame_list)
+    numbers = distinct_frames(frame_list)
     ref = (await run_in_threadpool(find_instances, archive, study, series, instance))[0]
     if not ref.has_pixels:
         raise NotFoundError(f"instance {instance} has no pixel data, so no frames")

@@ -5,9 +5,13 @@ Served at ``/wado`` (where legacy viewers and RIS links expect it) and ``/dicom-
 transcoded to ``transferSyntax`` when that is uncompressed), image/jpeg (the default for
 images) and image/png a rendering with ``frameNumber``, ``windowCenter``/``windowWidth``,
 ``rows``/``columns`` and ``imageQuality``. Anonymisation is refused rather than ignored.
+The UIDs (and ``transferSyntax``) must be valid PS3.5 UIDs and the numbers plain, bounded
+integers: anything else answers 400 before the catalog is asked.
 """
 
 from __future__ import annotations
+
+import math
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -18,10 +22,11 @@ from medshard.api.dicomweb.lookup import InstanceRef, find_instances
 from medshard.api.dicomweb.rendering import RenderRequest, rendered
 from medshard.api.dicomweb.retrieve import UNCOMPRESSED, instance_body, transcode
 from medshard.api.dicomweb.routes_common import ROOT, RenderCacheDep
-from medshard.api.dicomweb.routes_rendered import image_response
+from medshard.api.dicomweb.routes_rendered import MAX_VIEWPORT, image_response, whole_number
 from medshard.api.errors import NotAcceptableError
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidInputError
+from medshard.ingest.uids import check_uid
 
 router = APIRouter(tags=["dicomweb"])
 _IMAGES = {"image/jpeg": "jpeg", "image/jpg": "jpeg", "image/png": "png"}
@@ -34,17 +39,13 @@ def _required(params: dict[str, str], name: str) -> str:
     return value
 
 
-def _int(params: dict[str, str], name: str, low: int, high: int | None = None) -> int | None:
+def _int(params: dict[str, str], name: str, low: int, high: int) -> int | None:
     text = params.get(name, "").strip()
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
-        raise InvalidInputError(f"{name} must be an integer >= {low}, got {text!r}")
-    return int(text)
+    return whole_number(name, text, low, high) if text else None
 
 
 def _render_request(params: dict[str, str], fmt: str) -> RenderRequest:
-    frame = _int(params, "frameNumber", 1) or 1
+    frame = _int(params, "frameNumber", 1, 2**31 - 1) or 1
     center, width = params.get("windowCenter"), params.get("windowWidth")
     window = None
     if center or width:
@@ -54,9 +55,10 @@ def _render_request(params: dict[str, str], fmt: str) -> RenderRequest:
             raise InvalidInputError(
                 "windowCenter and windowWidth go together, as numbers"
             ) from None
-        if window[1] <= 0:
-            raise InvalidInputError("windowWidth must be positive")
-    rows, columns = _int(params, "rows", 1), _int(params, "columns", 1)
+        if not all(math.isfinite(v) for v in window) or window[1] <= 0:
+            raise InvalidInputError("windowWidth must be positive, both finite numbers")
+    rows = _int(params, "rows", 1, MAX_VIEWPORT)
+    columns = _int(params, "columns", 1, MAX_VIEWPORT)
     size = (columns or rows or 0, rows or columns or 0) if rows or columns else None
     quality = _int(params, "imageQuality", 1, 100) or 90
     return RenderRequest(fmt, frame - 1, window, None, size, quality)
@@ -75,8 +77,9 @@ async def wado_uri(request: Request, archive: ArchiveDep, cache: RenderCacheDep)
         raise InvalidInputError("requestType must be WADO")
     if params.get("anonymize", "").lower() == "yes":
         raise InvalidInputError("anonymize=yes is not supported: nothing was returned")
-    study = _required(params, "studyUID")
-    series, sop = _required(params, "seriesUID"), _required(params, "objectUID")
+    study = check_uid(_required(params, "studyUID"), "studyUID")
+    series = check_uid(_required(params, "seriesUID"), "seriesUID")
+    sop = check_uid(_required(params, "objectUID"), "objectUID")
     ref = (await run_in_threadpool(find_instances, archive, study, series, sop))[0]
     default = "image/jpeg" if ref.has_pixels else "application/dicom"
     wanted = [
@@ -85,6 +88,8 @@ async def wado_uri(request: Request, archive: ArchiveDep, cache: RenderCacheDep)
     for media in wanted:
         if media == "application/dicom":
             target = params.get("transferSyntax") or None
+            if target is not None:
+                check_uid(target, "transferSyntax")
             if target in (None, ref.transfer_syntax_uid):
                 return StreamingResponse(
                     instance_body(archive, ref, None),

@@ -22,7 +22,8 @@ from medshard.catalog.models import Instance
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidInputError
 from medshard.ingest.dicom import instance_fields, read_header
-from medshard.ingest.pipeline import Ingestor
+from medshard.ingest.pipeline import CommitHook, Ingestor
+from medshard.security.context import require_caller
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class StowItem:
     failure: int | None = None
     reason: str = ""
     duplicate: bool = False
+    #: Said of a stored instance whose stored bytes differ from those sent (zeroed preamble).
+    note: str = ""
 
 
 async def receive_parts(
@@ -98,8 +101,13 @@ async def _capped(chunks: AsyncIterable[bytes], max_bytes: int) -> AsyncIterator
 async def store_parts(
     ingestor: Ingestor, parts: Sequence[Part], study: str | None, *, concurrency: int = 8
 ) -> list[StowItem]:
-    """Ingest received parts, a few at a time in worker threads; verdicts in part order."""
+    """Ingest received parts, a few at a time in worker threads; verdicts in part order.
+
+    Each stored part is attributed to the caller's site and audited in its own commit.
+    """
     limiter = anyio.CapacityLimiter(concurrency)
+    caller = require_caller()
+    site, hook = caller.gate.store_hook(caller.principal)
 
     def one(number: int, part: Part) -> StowItem:
         try:
@@ -108,7 +116,12 @@ async def store_parts(
             return StowItem(failure=CANNOT_UNDERSTAND, reason=f"part {number}: {exc}")
         try:
             body = cast(BinaryIO, part.body)  # a SpooledTemporaryFile opened "w+b"
-            return store_part(ingestor, body, media, f"part {number}", study)
+            item = store_part(
+                ingestor, body, media, f"part {number}", study, site_id=site, on_commit=hook
+            )
+            if item.failure is not None:
+                caller.gate.store_refused(caller.principal, item.reason, item.study_uid)
+            return item
         except Exception as exc:  # a bug must not hide the verdicts on the other parts
             log.exception("STOW-RS part %d failed unexpectedly", number)
             return StowItem(failure=PROCESSING_FAILURE, reason=f"part {number}: {exc!r}")
@@ -130,6 +143,9 @@ def store_part(
     media_type: str | None,
     source: str,
     expected_study: str | None = None,
+    *,
+    site_id: int | None = None,
+    on_commit: CommitHook | None = None,
 ) -> StowItem:
     """Validate one part and ingest it; never raises for bad input, returns a failed item.
 
@@ -154,7 +170,7 @@ def store_part(
                 DATASET_MISMATCH,
                 f"{source} belongs to study {fields.study_instance_uid}, not {expected_study}",
             )
-    outcome = ingestor.ingest_stream(body, source)
+    outcome = ingestor.ingest_stream(body, source, site_id=site_id, on_commit=on_commit)
     item = StowItem(
         outcome.sop_class_uid,
         outcome.sop_instance_uid,
@@ -162,7 +178,7 @@ def store_part(
         outcome.series_instance_uid,
     )
     if outcome.status in ("imported", "duplicate"):
-        return replace(item, duplicate=outcome.status == "duplicate")
+        return replace(item, duplicate=outcome.status == "duplicate", note=outcome.note)
     if not outcome.sop_instance_uid:  # the header itself was refused
         code = CANNOT_UNDERSTAND
     elif _is_stored(ingestor.archive, outcome.sop_instance_uid):
@@ -198,6 +214,7 @@ def stow_response(
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": [_failure(i) for i in failed]}
     warnings = [i.reason for i in failed]
+    warnings += [f"instance {i.sop_uid}: {i.note}" for i in stored if i.note]
     duplicates = sum(1 for i in stored if i.duplicate)
     if duplicates:
         warnings.append(f"{duplicates} instance(s) were already stored with identical bytes")

@@ -16,17 +16,19 @@ import importlib.util
 import logging
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query
 from sqlalchemy import select
 
 from medshard.analysis.findings import finding_json, job_json, query
 from medshard.api.deps import ArchiveDep
+from medshard.api.dicomweb.path_uids import valid_path_uids
 from medshard.catalog.models import Study
-from medshard.errors import NotFoundError
+from medshard.security.context import require_caller
+from medshard.security.policy import audit_results, visible_studies
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["findings"])
+router = APIRouter(tags=["findings"], dependencies=[Depends(valid_path_uids)])
 
 
 @router.get("/api/findings")
@@ -36,22 +38,38 @@ def list_findings(
     patient: str | None = Query(None, description="Patient ID"),
     sop: str | None = Query(None, description="SOP Instance UID of the analysed image"),
 ) -> dict[str, Any]:
-    """Findings and analysis states matching every filter given (at least one)."""
+    """Findings and analysis states matching every filter given (at least one), among the
+    studies the caller may see."""
+    caller = require_caller()
     with archive.catalog.session() as session:
         findings, jobs = query(session, study=study, patient=patient, sop=sop)
+        uids = {f.study_instance_uid for f in findings} | {j.study_instance_uid for j in jobs}
+        rows = session.execute(
+            select(Study.study_instance_uid, Study.patient_pk).where(
+                Study.study_instance_uid.in_(sorted(uids)), visible_studies(caller.principal)
+            )
+        ).all()
+        visible = {uid for uid, _pk in rows}
+        audit_results(
+            caller,
+            "findings",
+            [{"_patient_pk": pk, "StudyInstanceUID": uid} for uid, pk in rows],
+            detail="findings list",
+        )
         return {
-            "findings": [finding_json(f) for f in findings],
-            "jobs": [job_json(j) for j in jobs],
+            "findings": [finding_json(f) for f in findings if f.study_instance_uid in visible],
+            "jobs": [job_json(j) for j in jobs if j.study_instance_uid in visible],
         }
 
 
 @router.get("/api/studies/{study}/findings")
 def study_findings(study: str, archive: ArchiveDep) -> dict[str, Any]:
-    """Findings and analysis states of one study; 404 if the archive has no such study."""
+    """Findings and analysis states of one study; 404 if there is no such study the caller
+    may see (a forbidden study answers as a missing one)."""
+    caller = require_caller()
+    found = caller.gate.study_visible(caller.principal, study)
+    caller.gate.read(caller.principal, "findings", patient_pk=found.patient_pk, study_uid=study)
     with archive.catalog.session() as session:
-        known = session.scalar(select(Study.id).where(Study.study_instance_uid == study))
-        if known is None:
-            raise NotFoundError(f"no study with Study Instance UID {study}")
         findings, jobs = query(session, study=study)
         return {
             "study_instance_uid": study,
@@ -73,8 +91,10 @@ def _start_worker(app: FastAPI) -> None:
         )
         return
     from medshard.analysis.worker import QueueWorker
+    from medshard.security.principal import system_principal
 
-    app.state.analysis_worker = QueueWorker(archive, name="serve").start()
+    _site, audit_sr = app.state.gate.store_hook(system_principal("analysis"))
+    app.state.analysis_worker = QueueWorker(archive, name="serve", on_commit=audit_sr).start()
 
 
 def _stop_worker(app: FastAPI) -> None:

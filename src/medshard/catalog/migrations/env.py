@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from medshard.catalog import access_models as _access_models  # noqa: F401  (registers tables)
 from medshard.catalog.models import Base
 
 config = context.config

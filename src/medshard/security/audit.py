@@ -1,0 +1,422 @@
+"""The audit log: an append-only chain of events, keyed-hash linked, in the catalog.
+
+Each event's ``hash`` is HMAC-SHA256 over the previous event's hash and the event's own
+canonical fields, keyed by a chain key that the master key wraps (kept in ``audit_head``).
+Editing, deleting or reordering any event breaks the chain from there on; cutting the tail
+leaves the head row pointing past the last event; and someone with database access alone
+cannot recompute the chain, because they lack the key. ``verify`` names the first bad event.
+
+Appends are serialised by updating the head row first, which takes the database's row (or,
+on SQLite, write) lock, so concurrent writers in several processes still form one chain.
+Changes (stores, shares, erasures, admin actions) append in the transaction that makes the
+change; reads append through a background writer that group-commits a batch every few
+milliseconds, so auditing a read costs the request an enqueue, not an fsync.
+
+Patient identity is sealed: ``patient_tag`` is an HMAC of the patient's key (a patient finds
+their own events with it) and ``sealed`` holds patient ID, study and instance UIDs encrypted
+under a key derived from the patient key. Erasing the patient shreds both meanings while
+every event, and the chain, stays intact and verifiable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from medshard.catalog.access_models import AuditEvent, AuditHead
+from medshard.catalog.db import Catalog
+from medshard.catalog.models import Patient, utcnow
+from medshard.errors import ConfigError
+from medshard.storage.keys import KeyProvider
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+CHAIN_CONTEXT = b"medshard-audit-chain"
+_FIELDS = (
+    "seq", "at", "actor", "role", "action", "outcome", "source",
+    "patient_pk", "patient_tag", "sealed", "detail", "flagged", "prev_hash",
+)  # fmt: skip
+
+
+@dataclass
+class Event:
+    """What happened, before it is sealed and chained."""
+
+    actor: str
+    role: str
+    action: str
+    outcome: str = "success"  # success | denied | failed
+    source: str = ""
+    patient_pk: int | None = None
+    patient_id: str | None = None
+    study_uid: str | None = None
+    sop_uid: str | None = None
+    detail: str = ""
+    flagged: bool = False
+    sealed_actor: bool = False  # a patient acting: their username is sealed too
+
+    def secret_part(self) -> dict[str, str]:
+        out = {"patient_id": self.patient_id, "study": self.study_uid, "sop": self.sop_uid}
+        if self.sealed_actor:
+            out["actor"] = self.actor
+        return {k: v for k, v in out.items() if v}
+
+
+def _derive(patient_key: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(patient_key)
+
+
+def patient_tag(patient_key: bytes) -> str:
+    """The pseudonym under which a patient's events are found."""
+    return hmac.new(_derive(patient_key, b"audit-tag"), b"tag", hashlib.sha256).hexdigest()[:32]
+
+
+def seal(patient_key: bytes, values: dict[str, str]) -> bytes:
+    nonce = secrets.token_bytes(12)
+    body = json.dumps(values, sort_keys=True).encode()
+    return nonce + AESGCM(_derive(patient_key, b"audit-seal")).encrypt(nonce, body, b"audit")
+
+
+def unseal(patient_key: bytes, sealed: bytes) -> dict[str, str]:
+    try:
+        plain = AESGCM(_derive(patient_key, b"audit-seal")).decrypt(
+            sealed[:12], sealed[12:], b"audit"
+        )
+    except (InvalidTag, ValueError):
+        return {}
+    loaded: dict[str, str] = json.loads(plain)
+    return loaded
+
+
+def _canonical(row: dict[str, Any]) -> bytes:
+    values = {k: row.get(k) for k in _FIELDS}
+    if isinstance(values["sealed"], bytes | memoryview):
+        values["sealed"] = bytes(values["sealed"]).hex()
+    return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+
+
+def chain_hash(key: bytes, row: dict[str, Any]) -> str:
+    return hmac.new(key, _canonical(row), hashlib.sha256).hexdigest()
+
+
+def ensure_head(catalog: Catalog, keys: KeyProvider) -> None:
+    """Create the chain's head row and key once per deployment (idempotent)."""
+    with catalog.session() as session:
+        if session.get(AuditHead, 1) is not None:
+            return
+    try:
+        with catalog.transaction() as session:
+            session.add(
+                AuditHead(
+                    id=1,
+                    seq=0,
+                    hash=GENESIS,
+                    wrapped_key=keys.wrap(secrets.token_bytes(32), CHAIN_CONTEXT),
+                    master_key_id=keys.key_id,
+                )
+            )
+    except IntegrityError:
+        pass  # another process created it first
+
+
+#: Looks up a patient's plaintext key; None once the patient has been erased.
+PatientKeyOf = Callable[[Session, int], bytes | None]
+
+
+def patient_key_lookup(unwrap: Callable[[Patient], bytes]) -> PatientKeyOf:
+    def lookup(session: Session, patient_pk: int) -> bytes | None:
+        patient = session.get(Patient, patient_pk)
+        if patient is None or patient.wrapped_key is None:
+            return None
+        return unwrap(patient)
+
+    return lookup
+
+
+class AuditLog:
+    """Appends events to the chain: in a caller's transaction, or batched in the background."""
+
+    def __init__(
+        self, catalog: Catalog, keys: Callable[[], KeyProvider], patient_key_of: PatientKeyOf
+    ) -> None:
+        self.catalog = catalog
+        self.keys = keys  # the current master key (it may be rotated while we run)
+        self.patient_key_of = patient_key_of
+        ensure_head(catalog, keys())
+        self._chain_key: bytes | None = None
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=100_000)
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._pending = 0
+
+    def chain_key(self, session: Session) -> bytes:
+        if self._chain_key is None:
+            head = session.get(AuditHead, 1)
+            if head is None:
+                raise ConfigError("the audit chain has no head row: run `medshard init`")
+            self._chain_key = self.keys().unwrap(head.wrapped_key, CHAIN_CONTEXT)
+        return self._chain_key
+
+    # -- append in the caller's transaction ----------------------------------------------
+    def append(self, session: Session, *events: Event) -> None:
+        """Chain ``events`` inside ``session``'s transaction (they commit with it, or not)."""
+        if not events:
+            return
+        key = self.chain_key(session)
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+        seq, prev = session.execute(
+            select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
+        ).one()
+        rows = []
+        for event in events:
+            seq += 1
+            row = self._row(session, event, seq, prev)
+            row["hash"] = prev = chain_hash(key, row)
+            rows.append(row)
+        session.execute(AuditEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+
+    def _row(self, session: Session, event: Event, seq: int, prev: str) -> dict[str, Any]:
+        tag = sealed = None
+        if event.patient_pk is not None:
+            pkey = self.patient_key_of(session, event.patient_pk)
+            if pkey is not None:
+                if event.patient_id is None:  # sealed with the event, whoever recorded it
+                    patient = session.get(Patient, event.patient_pk)
+                    event.patient_id = patient.patient_id if patient is not None else None
+                tag = patient_tag(pkey)
+                secret = event.secret_part()
+                sealed = seal(pkey, secret) if secret else None
+        actor = "patient" if event.sealed_actor else event.actor
+        return {
+            "seq": seq,
+            "at": utcnow().isoformat(timespec="microseconds"),
+            "actor": actor[:160],
+            "role": event.role,
+            "action": event.action,
+            "outcome": event.outcome,
+            "source": event.source[:160],
+            "patient_pk": event.patient_pk,
+            "patient_tag": tag,
+            "sealed": sealed,
+            "detail": event.detail[:2000],
+            "flagged": event.flagged,
+            "prev_hash": prev,
+        }
+
+    # -- background appends (reads, denials) ---------------------------------------------
+    def submit(self, event: Event) -> None:
+        """Queue an event for the background writer (committed within milliseconds)."""
+        if self._thread is None:
+            self._start()
+        with self._idle:
+            self._pending += 1
+        self._queue.put(event)
+
+    def _start(self) -> None:
+        with self._idle:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 512:
+                try:
+                    item = self._queue.get(timeout=0.005)
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[Event]) -> None:
+        for attempt in range(50):
+            try:
+                with self.catalog.transaction() as session:
+                    self.append(session, *batch)
+                break
+            except Exception:  # a busy database: retry, never drop an audit event silently
+                log.exception("audit append failed (attempt %d); retrying", attempt + 1)
+                threading.Event().wait(min(2.0, 0.05 * (attempt + 1)))
+        else:
+            log.critical("%d audit events could not be written", len(batch))
+        with self._idle:
+            self._pending -= len(batch)
+            self._idle.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event is committed; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        self.flush()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    events: int
+    head_seq: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify(catalog: Catalog, keys: KeyProvider) -> Verdict:
+    """Walk the whole chain; the first event that does not hold is named."""
+    with catalog.session() as session:
+        head = session.get(AuditHead, 1)
+        if head is None:
+            return Verdict(False, 0, 0, None, "no audit head row")
+        key = keys.unwrap(head.wrapped_key, CHAIN_CONTEXT)
+        expected_seq, prev, count = 1, GENESIS, 0
+        for row in _rows(session):
+            count += 1
+            if row["seq"] != expected_seq:
+                bad = min(row["seq"], expected_seq)
+                return Verdict(False, count, head.seq, bad, f"event {bad} is missing or moved")
+            if row["prev_hash"] != prev:
+                return Verdict(
+                    False, count, head.seq, row["seq"], "does not link to the event before"
+                )
+            if not hmac.compare_digest(chain_hash(key, row), row["hash"]):
+                return Verdict(False, count, head.seq, row["seq"], "content was altered")
+            prev = row["hash"]
+            expected_seq += 1
+        if head.seq != expected_seq - 1 or head.hash != prev:
+            return Verdict(
+                False,
+                count,
+                head.seq,
+                expected_seq,
+                f"the log ends at event {expected_seq - 1} but the head says {head.seq}: "
+                "events were removed from the end",
+            )
+        return Verdict(True, count, head.seq)
+
+
+def _rows(
+    session: Session, *, since: str | None = None, tag: str | None = None
+) -> Iterator[dict[str, Any]]:
+    last = 0
+    columns = [*_FIELDS, "hash"]
+    where = "seq > :last"
+    if since:
+        where += " AND at >= :since"
+    if tag is not None:
+        where += " AND patient_tag = :tag"
+    while True:
+        page = session.execute(
+            text(
+                f"SELECT {', '.join(columns)} FROM audit_events WHERE {where} "
+                "ORDER BY seq LIMIT 2000"
+            ),
+            {"last": last, "since": since, "tag": tag},
+        ).all()
+        if not page:
+            return
+        for values in page:
+            row = dict(zip(columns, values, strict=True))
+            row["flagged"] = bool(row["flagged"])
+            if isinstance(row["sealed"], memoryview):
+                row["sealed"] = bytes(row["sealed"])
+            yield row
+        last = page[-1][0]
+
+
+@dataclass
+class ReadableEvent:
+    seq: int
+    at: str
+    actor: str
+    role: str
+    action: str
+    outcome: str
+    source: str
+    detail: str
+    flagged: bool
+    hash: str
+    patient_id: str | None = None
+    study: str | None = None
+    sop: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("extra")
+        return out
+
+
+def readable(session: Session, patient_key_of: PatientKeyOf, row: dict[str, Any]) -> ReadableEvent:
+    """An event with its sealed part opened, where the patient's key still exists."""
+    secret: dict[str, str] = {}
+    if row["sealed"] and row["patient_pk"] is not None:
+        pkey = patient_key_of(session, row["patient_pk"])
+        if pkey is not None:
+            secret = unseal(pkey, bytes(row["sealed"]))
+    return ReadableEvent(
+        seq=row["seq"],
+        at=row["at"],
+        actor=secret.get("actor", row["actor"]),
+        role=row["role"],
+        action=row["action"],
+        outcome=row["outcome"],
+        source=row["source"],
+        detail=row["detail"],
+        flagged=row["flagged"],
+        hash=row["hash"],
+        patient_id=secret.get("patient_id"),
+        study=secret.get("study"),
+        sop=secret.get("sop"),
+    )
+
+
+def events(
+    session: Session,
+    patient_key_of: PatientKeyOf,
+    *,
+    since: str | None = None,
+    tag: str | None = None,
+    limit: int | None = None,
+) -> list[ReadableEvent]:
+    """Events in chain order, optionally from a time on, or of one patient (by tag)."""
+    out: list[ReadableEvent] = []
+    for row in _rows(session, since=since, tag=tag):
+        out.append(readable(session, patient_key_of, row))
+        if limit is not None and len(out) >= limit:
+            break
+    return out

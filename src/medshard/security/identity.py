@@ -1,0 +1,211 @@
+"""Users, sites of users, and DICOM peers: the identities authorization is decided for.
+
+Catalog access for identities lives here, beside the rules that keep them sane: a doctor
+works at one or more sites, a service account belongs to exactly one site, a patient-role
+user names their own patient record, an admin has neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from medshard.catalog.access_models import DicomPeer, User, UserSite
+from medshard.catalog.models import Site
+from medshard.errors import InvalidInputError, NotFoundError
+from medshard.security.passwords import hash_password
+from medshard.security.principal import USER_ROLES, Principal, Role
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    username: str
+    role: str
+    full_name: str
+    sites: list[str]
+    patient_id: str | None
+    disabled: bool
+    locked: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def site_pk(session: Session, name: str, *, create: bool = True) -> int:
+    """The primary key of a site by name, created on first use when ``create``."""
+    name = name.strip()
+    if not name or len(name) > 64:
+        raise InvalidInputError("a site name needs 1 to 64 characters")
+    found = session.scalar(select(Site.id).where(Site.name == name))
+    if found is not None:
+        return found
+    if not create:
+        raise NotFoundError(f"no site named {name!r}")
+    site = Site(name=name)
+    session.add(site)
+    session.flush()
+    return site.id
+
+
+def get_user(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFoundError(f"no user {username!r}")
+    return user
+
+
+def add_user(
+    session: Session,
+    *,
+    username: str,
+    role: str,
+    password: str | None = None,
+    sites: Sequence[str] = (),
+    patient_id: str | None = None,
+    full_name: str = "",
+) -> User:
+    """Create a user; the role's rules are checked here, once for CLI and API."""
+    username = username.strip()
+    if not username or len(username) > 128 or any(c.isspace() for c in username):
+        raise InvalidInputError("a username needs 1 to 128 characters and no spaces")
+    if role not in USER_ROLES:
+        raise InvalidInputError(f"role must be one of {', '.join(USER_ROLES)}, not {role!r}")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise InvalidInputError(f"user {username!r} already exists")
+    if role == "service" and len(sites) != 1:
+        raise InvalidInputError("a service account belongs to exactly one site (--site)")
+    if role == "doctor" and not sites:
+        raise InvalidInputError("a doctor works at one site at least (--site)")
+    if role in ("admin", "patient") and sites:
+        raise InvalidInputError(f"a {role} has no sites")
+    if role == "patient" and not patient_id:
+        raise InvalidInputError("a patient-role user names their Patient ID (--patient-id)")
+    if role != "service" and not password:
+        raise InvalidInputError(f"a {role} needs a password")
+    pks = [site_pk(session, s) for s in sites]
+    user = User(
+        username=username,
+        role=role,
+        full_name=full_name,
+        password_hash=hash_password(password) if password else None,
+        site_id=pks[0] if role == "service" else None,
+        patient_id=patient_id if role == "patient" else None,
+        disabled=False,
+        failed_logins=0,
+    )
+    session.add(user)
+    session.flush()
+    if role != "service":
+        session.add_all(UserSite(user_pk=user.id, site_id=pk) for pk in pks)
+        session.flush()
+    return user
+
+
+def set_password(session: Session, username: str, password: str) -> None:
+    user = get_user(session, username)
+    user.password_hash = hash_password(password)
+    user.failed_logins = 0
+    user.locked_until = None
+
+
+def set_disabled(session: Session, username: str, disabled: bool = True) -> None:
+    get_user(session, username).disabled = disabled
+
+
+def user_sites(session: Session, user: User) -> frozenset[int]:
+    if user.role == "service":
+        return frozenset([user.site_id]) if user.site_id is not None else frozenset()
+    return frozenset(session.scalars(select(UserSite.site_id).where(UserSite.user_pk == user.id)))
+
+
+def principal_of(
+    session: Session, user: User, *, source: str = "", via: str = "local"
+) -> Principal:
+    role: Role = user.role  # type: ignore[assignment]
+    return Principal(
+        user_pk=user.id,
+        username=user.username,
+        role=role,
+        sites=user_sites(session, user),
+        patient_id=user.patient_id,
+        source=source,
+        via=via,
+    )
+
+
+def list_users(session: Session) -> list[UserInfo]:
+    from medshard.catalog.models import utcnow
+
+    names = dict(session.execute(select(Site.id, Site.name)).tuples().all())
+    now = utcnow()
+    result = []
+    for user in session.scalars(select(User).order_by(User.username)):
+        locked = user.locked_until is not None and _aware(user.locked_until) > now
+        result.append(
+            UserInfo(
+                user.username,
+                user.role,
+                user.full_name,
+                sorted(names[s] for s in user_sites(session, user)),
+                user.patient_id,
+                user.disabled,
+                locked,
+            )
+        )
+    return result
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns: read them as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# ----------------------------------------------------------------------------- DICOM peers
+
+
+def allow_peer(session: Session, ae_title: str, username: str) -> None:
+    """Allow a calling AE title and map it to a service account (replacing any mapping)."""
+    ae = ae_title.strip()
+    if not ae or len(ae) > 16 or "\\" in ae:
+        raise InvalidInputError(f"{ae_title!r} is not a valid AE title (1-16 characters)")
+    user = get_user(session, username)
+    if user.role != "service":
+        raise InvalidInputError(f"an AE title acts as a service account, not a {user.role}")
+    session.execute(delete(DicomPeer).where(DicomPeer.ae_title == ae))
+    session.add(DicomPeer(ae_title=ae, user_pk=user.id))
+
+
+def remove_peer(session: Session, ae_title: str) -> None:
+    if not session.execute(delete(DicomPeer).where(DicomPeer.ae_title == ae_title.strip())):
+        raise NotFoundError(f"no DICOM peer {ae_title!r}")
+
+
+def peers(session: Session) -> dict[str, str]:
+    """Allowed calling AE titles and the service account each acts as."""
+    rows = session.execute(
+        select(DicomPeer.ae_title, User.username).join(User, User.id == DicomPeer.user_pk)
+    )
+    return dict(rows.tuples().all())
+
+
+def peer_principal(session: Session, ae_title: str, source: str) -> Principal | None:
+    """The service account a calling AE acts as; None when the AE is not allowed."""
+    user = session.scalar(
+        select(User)
+        .join(DicomPeer, DicomPeer.user_pk == User.id)
+        .where(DicomPeer.ae_title == ae_title.strip())
+    )
+    if user is None or user.disabled:
+        return None
+    return principal_of(session, user, source=source, via="dimse")
+
+
+def site_names(session: Session, pks: Iterable[int]) -> list[str]:
+    wanted = list(pks)
+    if not wanted:
+        return []
+    return sorted(session.scalars(select(Site.name).where(Site.id.in_(wanted))))
