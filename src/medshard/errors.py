@@ -10,6 +10,7 @@ DIMSE service each map them to protocol statuses in one place::
     ├── AccessDeniedError        authenticated but not allowed (per-patient authorization)
     ├── InvalidInputError        the caller sent something we will not store
     │   ├── InvalidDicomError    not DICOM, or DICOM missing what an archive needs
+    │   ├── IdentityConflictError   a study or series UID that belongs to another patient
     │   └── UnsupportedContentError   recognised, but a kind of file we do not accept
     ├── StorageError             bytes could not be written or read
     │   ├── NodeUnavailableError one storage node did not answer, or refused
@@ -51,6 +52,11 @@ class InvalidInputError(MedshardError):
 
 class InvalidDicomError(InvalidInputError):
     """Not a DICOM file, or a DICOM file missing what an archive needs (e.g. SOP Instance UID)."""
+
+
+class IdentityConflictError(InvalidInputError):
+    """The instance names a study (or series) the archive holds for another patient (or
+    study): filing it there would put one person's images in another's record."""
 
 
 class UnsupportedContentError(InvalidInputError):

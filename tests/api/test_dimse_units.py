@@ -35,13 +35,14 @@ from medshard.catalog.matching import AnyOf, Range, SingleValue, Wildcard
 from medshard.config import Settings
 from medshard.errors import (
     AccessDeniedError,
+    IdentityConflictError,
     InvalidDicomError,
     InvalidInputError,
     MedshardError,
     NoQuorumError,
     StorageError,
 )
-from medshard.ingest.pipeline import IngestOutcome
+from medshard.ingest.pipeline import IngestOutcome, Rejection
 from tests.data import shared_dicom
 
 FIND_P = f"{PATIENT_ROOT}.1"
@@ -171,13 +172,19 @@ def test_errors_map_to_statuses_in_one_table() -> None:
 
 
 def test_rejected_ingest_outcomes_map_back_to_error_classes() -> None:
-    unreadable = IngestOutcome("rejected", "x", reason="not DICOM")
+    unreadable = IngestOutcome("rejected", "x", reason="not DICOM", code=Rejection.INVALID)
     conflict = IngestOutcome(
-        "rejected", "x", sop_instance_uid="1.2", reason="... already stored with different bytes"
+        "rejected", "x", sop_instance_uid="1.2", reason="...", code=Rejection.CONFLICT
     )
-    no_nodes = IngestOutcome("rejected", "x", sop_instance_uid="1.2", reason="no quorum")
+    identity = IngestOutcome(
+        "rejected", "x", sop_instance_uid="1.2", reason="...", code=Rejection.IDENTITY
+    )
+    no_nodes = IngestOutcome(
+        "rejected", "x", sop_instance_uid="1.2", reason="no quorum", code=Rejection.STORAGE
+    )
     assert type(rejection_error(unreadable)) is InvalidDicomError
     assert type(rejection_error(conflict)) is InvalidInputError
+    assert type(rejection_error(identity)) is IdentityConflictError
     assert isinstance(rejection_error(no_nodes), StorageError)
 
 

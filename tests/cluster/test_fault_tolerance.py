@@ -194,3 +194,14 @@ def test_node_down_at_write_time_is_healed_when_back(tmp_path: Path, db_url: str
     finally:
         for proc in dep.nodes:
             proc.stop()
+
+
+def test_a_write_acknowledged_with_fewer_than_k_copies_says_so(
+    sqlite_deployment: Deployment, dicom_dir: Path
+) -> None:
+    sqlite_deployment.nodes[0].kill()  # kill -9 two of the four nodes: two remain
+    sqlite_deployment.nodes[1].kill()
+    report = sqlite_deployment.cli_json("import", str(dicom_dir))
+    assert report["imported"]
+    for item in report["imported"]:
+        assert "stored with 2 of 3 copies" in item["note"], item

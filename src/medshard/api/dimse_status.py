@@ -18,12 +18,13 @@ from pydicom.dataset import Dataset
 
 from medshard.errors import (
     AccessDeniedError,
+    IdentityConflictError,
     InvalidDicomError,
     InvalidInputError,
     MedshardError,
     StorageError,
 )
-from medshard.ingest.pipeline import IngestOutcome
+from medshard.ingest.pipeline import IngestOutcome, Rejection
 
 Service = Literal["C-STORE", "C-FIND", "C-MOVE", "C-GET"]
 
@@ -95,8 +96,10 @@ def rejection_error(outcome: IngestOutcome) -> MedshardError:
     SOP Instance UID is refused input; any other rejection came from the storage layer.
     """
     reason = outcome.reason or "rejected"
-    if not outcome.sop_instance_uid:
+    if outcome.code == Rejection.INVALID or not outcome.sop_instance_uid:
         return InvalidDicomError(reason)
-    if "already stored with different bytes" in reason:  # the UID would eat the 64 characters
+    if outcome.code == Rejection.CONFLICT:  # the UID would eat the 64 characters
         return InvalidInputError("SOP Instance UID already stored with different bytes")
+    if outcome.code == Rejection.IDENTITY:
+        return IdentityConflictError("study or series belongs to another patient or study")
     return StorageError(reason)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -25,7 +26,7 @@ from medshard import metrics
 from medshard.catalog.models import Instance, Patient, Series, StoredObject, Study, utcnow
 from medshard.cluster.archive import Archive
 from medshard.cluster.objects import shard_of
-from medshard.errors import InvalidInputError, MedshardError
+from medshard.errors import IdentityConflictError, InvalidInputError, MedshardError
 from medshard.ingest.dicom import InstanceFields, instance_fields, read_header
 from medshard.ingest.validate import validate_stream
 
@@ -40,6 +41,15 @@ InstanceHook = Callable[[Session, Instance, InstanceFields], None]
 CommitHook = Callable[[Session, int, Instance, InstanceFields], None]
 
 
+class Rejection(StrEnum):
+    """Why an instance was not stored; each protocol maps these to its own status."""
+
+    INVALID = "invalid"  # not DICOM, or fails validation: never storable as sent
+    CONFLICT = "conflict"  # its SOP Instance UID is stored with other bytes (kept)
+    IDENTITY = "identity"  # its study/series belongs to another patient/study
+    STORAGE = "storage"  # the storage layer refused (no quorum, out of space): retry later
+
+
 @dataclass
 class IngestOutcome:
     status: str  # imported | duplicate | rejected
@@ -52,6 +62,8 @@ class IngestOutcome:
     reason: str = ""
     #: Set when the stored bytes differ from the input (e.g. a zeroed preamble).
     note: str = ""
+    #: Why a ``rejected`` outcome was refused (:class:`Rejection`); empty otherwise.
+    code: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v or k in ("path",)}
@@ -95,7 +107,7 @@ class Ingestor:
         # Patient, study and series rows never change identity once created, and a profile
         # showed their look-ups costing a quarter of ingest CPU: remember them per ingestor.
         self._patients: dict[str, Patient] = {}
-        self._pks: dict[tuple[str, str], int] = {}
+        self._pks: dict[tuple[str, ...], int] = {}
 
     def ingest_path(
         self, path: Path, *, site_id: int | None = None, on_commit: CommitHook | None = None
@@ -127,7 +139,7 @@ class Ingestor:
             fields = instance_fields(read_header(fh, source, max_inflated_bytes=cap))
         except InvalidInputError as exc:
             metrics.INGEST_TOTAL.labels("rejected").inc()
-            return IngestOutcome("rejected", source, reason=str(exc))
+            return IngestOutcome("rejected", source, reason=str(exc), code=Rejection.INVALID)
         fh = checked.stored_stream(fh)
         outcome = IngestOutcome(
             "imported",
@@ -144,15 +156,26 @@ class Ingestor:
         duplicate = self._duplicate_of(fh, fields)
         if duplicate is not None:
             outcome.status, outcome.reason = duplicate
+            outcome.code = Rejection.CONFLICT if outcome.status == "rejected" else ""
             metrics.INGEST_TOTAL.labels(outcome.status).inc()
             return outcome
         try:
-            self._store(fh, fields, source, site_id, on_commit)
+            copies = self._store(fh, fields, source, site_id, on_commit)
+            wanted = self.archive.settings.replicas
+            if copies < wanted:  # acknowledged at the write quorum: say so, repair will follow
+                short = f"stored with {copies} of {wanted} copies; repair restores the rest"
+                outcome.note = f"{outcome.note}; {short}" if outcome.note else short
+                log.warning("%s: %s", source, short)
         except IntegrityError:
             dup = self._duplicate_of(fh, fields)  # a concurrent ingest of the same instance
             outcome.status, outcome.reason = dup or ("rejected", "conflicting concurrent write")
+            outcome.code = Rejection.CONFLICT if outcome.status == "rejected" else ""
+        except IdentityConflictError as exc:
+            outcome.status, outcome.reason, outcome.code = "rejected", str(exc), Rejection.IDENTITY
+        except InvalidInputError as exc:
+            outcome.status, outcome.reason, outcome.code = "rejected", str(exc), Rejection.INVALID
         except MedshardError as exc:
-            outcome.status, outcome.reason = "rejected", str(exc)
+            outcome.status, outcome.reason, outcome.code = "rejected", str(exc), Rejection.STORAGE
         metrics.INGEST_TOTAL.labels(outcome.status).inc()
         metrics.INGEST_SECONDS.observe(time.perf_counter() - start)
         return outcome
@@ -181,7 +204,7 @@ class Ingestor:
         source: str,
         site_id: int | None = None,
         on_commit: CommitHook | None = None,
-    ) -> None:
+    ) -> int:
         archive = self.archive
         patient = self.patient(fields)
         study_pk = self._study(patient, fields)
@@ -222,6 +245,7 @@ class Ingestor:
             archive.store.discard(written)
             raise
         metrics.INGEST_BYTES.inc(written.size)
+        return written.min_copies
 
     # -- get-or-create, each in its own short transaction (no savepoints needed) -------------
     def patient(self, fields: InstanceFields) -> Patient:
@@ -274,12 +298,22 @@ class Ingestor:
                 referring_physician=fields.referring_physician,
             )
 
-        return self._get_or_create(
+        pk = self._get_or_create(
             ("study", fields.study_instance_uid),
             Study.id,
             Study.study_instance_uid == fields.study_instance_uid,
             make,
         )
+        owner = self._parent_of(
+            ("study", fields.study_instance_uid), Study.patient_pk, Study.id, pk
+        )
+        if owner != patient.id:
+            raise IdentityConflictError(
+                f"Study Instance UID {fields.study_instance_uid} belongs to another patient, not "
+                f"to Patient ID {fields.patient_id!r}; refused so that neither record is mixed up "
+                "(correct the Patient ID, or the study UID, and send it again)"
+            )
+        return pk
 
     def _series(self, study_pk: int, fields: InstanceFields) -> int:
         def make() -> Series:
@@ -294,12 +328,39 @@ class Ingestor:
                 series_time=fields.series_time,
             )
 
-        return self._get_or_create(
+        pk = self._get_or_create(
             ("series", fields.series_instance_uid),
             Series.id,
             Series.series_instance_uid == fields.series_instance_uid,
             make,
         )
+        parent = self._parent_of(
+            ("series", fields.series_instance_uid), Series.study_pk, Series.id, pk
+        )
+        if parent != study_pk:
+            raise IdentityConflictError(
+                f"Series Instance UID {fields.series_instance_uid} belongs to another study, "
+                f"not to {fields.study_instance_uid}"
+            )
+        return pk
+
+    def _parent_of(
+        self,
+        cache_key: tuple[str, str],
+        parent_column: InstrumentedAttribute[int],
+        pk_column: InstrumentedAttribute[int],
+        pk: int,
+    ) -> int:
+        """The patient of a study or the study of a series (they never change: cached)."""
+        key = ("parent", *cache_key)
+        cached = self._pks.get(key)
+        if cached is not None:
+            return cached
+        with self.archive.catalog.session() as session:
+            parent = session.scalar(select(parent_column).where(pk_column == pk))
+        assert parent is not None
+        self._pks[key] = parent
+        return parent
 
     def _get_or_create(
         self,

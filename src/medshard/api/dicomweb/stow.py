@@ -13,16 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Final, cast
 
 import anyio
-from sqlalchemy import select
 
 from medshard.api.dicomweb.dicomjson import value_json
 from medshard.api.dicomweb.multipart import Part, iter_parts
 from medshard.api.errors import PayloadTooLargeError
-from medshard.catalog.models import Instance
-from medshard.cluster.archive import Archive
 from medshard.errors import InvalidInputError
 from medshard.ingest.dicom import instance_fields, read_header
-from medshard.ingest.pipeline import CommitHook, Ingestor
+from medshard.ingest.pipeline import CommitHook, Ingestor, Rejection
 from medshard.security.context import require_caller
 
 log = logging.getLogger(__name__)
@@ -179,19 +176,12 @@ def store_part(
     )
     if outcome.status in ("imported", "duplicate"):
         return replace(item, duplicate=outcome.status == "duplicate", note=outcome.note)
-    if not outcome.sop_instance_uid:  # the header itself was refused
-        code = CANNOT_UNDERSTAND
-    elif _is_stored(ingestor.archive, outcome.sop_instance_uid):
-        code = DUPLICATE_SOP_INSTANCE  # that UID is stored with other bytes; it was kept
-    else:
-        code = OUT_OF_RESOURCES  # storage refused: no write quorum, a node out of space...
+    code = {
+        Rejection.INVALID: CANNOT_UNDERSTAND,  # not DICOM, or fails validation
+        Rejection.CONFLICT: DUPLICATE_SOP_INSTANCE,  # that UID is stored with other bytes: kept
+        Rejection.IDENTITY: DATASET_MISMATCH,  # its study belongs to another patient
+    }.get(Rejection(outcome.code) if outcome.code else Rejection.STORAGE, OUT_OF_RESOURCES)
     return replace(item, failure=code, reason=f"{source}: {outcome.reason}")
-
-
-def _is_stored(archive: Archive, sop_uid: str) -> bool:
-    with archive.catalog.session() as session:
-        found = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid))
-    return found is not None
 
 
 def stow_response(
