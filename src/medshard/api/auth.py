@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Final
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 
 from medshard.errors import AuthenticationError
@@ -60,7 +61,10 @@ async def authenticate(
     if token is None:
         raise AuthenticationError("authentication required: send Authorization: Bearer <token>")
     gate: Gate = request.app.state.gate
-    principal = gate.authenticate(token, source_of(request))
+    source = source_of(request)
+    principal = gate.cached(token, source)
+    if principal is None:  # catalog work: off the event loop
+        principal = await run_in_threadpool(gate.authenticate, token, source)
     set_caller(gate.caller(principal))
 
 

@@ -96,6 +96,20 @@ class Gate:
             self._touch(resolved.session_pk, now)
         return resolved.principal.at(source)
 
+    def cached(self, token: str, source: str) -> Principal | None:
+        """The caller of a token answered from memory alone, or None when that needs the
+        catalog (a miss, an expired entry, a session whose last use is due to be written).
+        The HTTP layer calls this on the event loop and :meth:`authenticate` off it."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(token)
+            if hit is None or hit[1] <= now or hit[0].valid_until <= utcnow():
+                return None
+            pk = hit[0].session_pk
+            if pk is not None and now - self._touched.get(pk, 0.0) >= TOUCH_EVERY_S:
+                return None
+        return hit[0].principal.at(source)
+
     def _resolve(self, token: str) -> tokens.Resolved:
         if self._oidc is not None and token.count(".") == 2:
             username, until = self._oidc.verify(token)
