@@ -57,15 +57,13 @@ def measure_overhead(
     with Archive.open(home, probe=False) as archive, Gate(archive) as gate:
         principal = gate.authenticate(token, "bench")
         study, series, sop, patient = studies[len(studies) // 2]
-        scope = scope_of(principal)
         conditions = {"PatientID": SingleValue(patient)}
 
         def qido(scoped: bool) -> Callable[[], Any]:
-            def run() -> Any:
+            def run() -> Any:  # the scope is built per request, as the service does
+                scope = scope_of(principal) if scoped else None
                 with archive.catalog.session() as session:
-                    return search(
-                        session, "STUDY", conditions, fields=None, scope=scope if scoped else None
-                    )
+                    return search(session, "STUDY", conditions, fields=None, scope=scope)
 
             return run
 
@@ -82,12 +80,11 @@ def measure_overhead(
                     Instance.sop_instance_uid == sop,
                 )
             )
-            if scoped:
-                query = query.where(visible_studies(principal))
 
             def run() -> Any:
+                stmt = query.where(visible_studies(principal)) if scoped else query
                 with archive.catalog.session() as session:
-                    return session.execute(query).all()
+                    return session.execute(stmt).all()
 
             return run
 

@@ -20,6 +20,7 @@ every event, and the chain, stays intact and verifiable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -79,6 +80,7 @@ class Event:
         return {k: v for k, v in out.items() if v}
 
 
+@functools.lru_cache(maxsize=4096)  # the same few patients' keys, event after event
 def _derive(patient_key: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(patient_key)
 
