@@ -83,8 +83,6 @@ def test_erasure_shreds_the_patient_everywhere_and_keeps_the_chain(
     )
     assert summary["instances"] == 3 and summary["pending"] == 0
     # no node answers for any of the patient's chunks
-    import httpx
-
     from medshard.storage.node_client import NodeClient
 
     for node in dep.nodes:
@@ -96,7 +94,6 @@ def test_erasure_shreds_the_patient_everywhere_and_keeps_the_chain(
                 assert "not found" in str(exc).lower() or "404" in str(exc)
             else:
                 raise AssertionError(f"{node.name} still serves chunk {chunk[:12]}")
-    del httpx
     # no catalog row names the patient; the plaintext name is nowhere in the catalog file
     with engine.connect() as conn:
         for table in ("patients", "studies", "findings", "users"):

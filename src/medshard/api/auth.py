@@ -20,7 +20,6 @@ from fastapi.security import OAuth2PasswordBearer
 from medshard.errors import AuthenticationError
 from medshard.security.context import Caller, require_caller, set_caller
 from medshard.security.gate import Gate
-from medshard.security.principal import Principal
 
 PUBLIC: Final = frozenset(
     {
@@ -74,7 +73,3 @@ def current(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(current)]
-
-
-def principal_of(caller: Caller) -> Principal:
-    return caller.principal

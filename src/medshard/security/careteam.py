@@ -16,7 +16,7 @@ from medshard.catalog.access_models import BreakGlass, CareTeamDoctor, Share, Us
 from medshard.catalog.models import CareSite, Patient, Site, Study, utcnow
 from medshard.errors import AccessDeniedError, InvalidInputError, NotFoundError
 from medshard.security.gate import Gate
-from medshard.security.identity import get_user
+from medshard.security.identity import as_utc, get_user
 from medshard.security.policy import is_doctor_of, visible_studies
 from medshard.security.principal import Principal
 
@@ -182,11 +182,7 @@ def shares_of(gate: Gate, principal: Principal) -> list[dict[str, object]]:
         ).all()
     out: list[dict[str, object]] = []
     for share, uid, description, expert in rows:
-        expires = (
-            share.expires_at
-            if share.expires_at.tzinfo
-            else share.expires_at.replace(tzinfo=now.tzinfo)
-        )
+        expires = as_utc(share.expires_at)
         out.append(
             {
                 "study": uid,

@@ -65,10 +65,10 @@ def _queue_object_deletions(session: Session, object_pks: list[int]) -> int:
     return len(copies)
 
 
-def _delete_studies(session: Session, study_pks: list[int]) -> tuple[int, list[int], int]:
-    """Delete studies with their series, instances and objects; (instances, objects, copies)."""
+def _delete_studies(session: Session, study_pks: list[int]) -> tuple[int, list[int]]:
+    """Delete studies with their series and instances; (instance count, their object pks)."""
     if not study_pks:
-        return 0, [], 0
+        return 0, []
     series_pks = select(Series.id).where(Series.study_pk.in_(study_pks))
     inst = session.execute(
         select(Instance.object_pk, Instance.thumbnail_object_pk).where(
@@ -83,7 +83,7 @@ def _delete_studies(session: Session, study_pks: list[int]) -> tuple[int, list[i
     session.execute(delete(Instance).where(Instance.series_pk.in_(series_pks)))
     session.execute(delete(Series).where(Series.study_pk.in_(study_pks)))
     session.execute(delete(Study).where(Study.id.in_(study_pks)))
-    return len(inst), object_pks, 0
+    return len(inst), object_pks
 
 
 def erase_patient(gate: Gate, principal: Principal, patient_id: str, reason: str = "") -> Erased:
@@ -107,7 +107,7 @@ def erase_patient(gate: Gate, principal: Principal, patient_id: str, reason: str
         # the key first: from here on, no replica anywhere can be decrypted
         session.execute(update(Patient).where(Patient.id == patient.id).values(wrapped_key=None))
         study_pks = list(session.scalars(select(Study.id).where(Study.patient_pk == patient.id)))
-        instances, object_pks, _ = _delete_studies(session, study_pks)
+        instances, object_pks = _delete_studies(session, study_pks)
         object_pks += list(
             session.scalars(
                 select(StoredObject.id).where(
@@ -155,7 +155,7 @@ def delete_study(gate: Gate, principal: Principal, study_uid: str, reason: str =
                 flagged=False,
             ),
         )
-        instances, object_pks, _ = _delete_studies(session, [study.id])
+        instances, object_pks = _delete_studies(session, [study.id])
         copies = _queue_object_deletions(session, object_pks)
         if object_pks:
             session.execute(delete(StoredObject).where(StoredObject.id.in_(object_pks)))

@@ -144,7 +144,7 @@ def list_users(session: Session) -> list[UserInfo]:
     now = utcnow()
     result = []
     for user in session.scalars(select(User).order_by(User.username)):
-        locked = user.locked_until is not None and _aware(user.locked_until) > now
+        locked = user.locked_until is not None and as_utc(user.locked_until) > now
         result.append(
             UserInfo(
                 user.username,
@@ -159,7 +159,7 @@ def list_users(session: Session) -> list[UserInfo]:
     return result
 
 
-def _aware(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes for timezone-aware columns: read them as UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 

@@ -29,7 +29,7 @@ from medshard.security.audit import CHAIN_CONTEXT
 from medshard.security.gate import Gate
 from medshard.security.principal import Principal
 from medshard.storage.envelope import patient_key_context
-from medshard.storage.keys import KEY_BYTES, EnvKeyProvider, LocalKeyFileProvider
+from medshard.storage.keys import KEY_BYTES, LocalKeyFileProvider
 
 
 @dataclass(frozen=True)
@@ -99,4 +99,4 @@ def rotate_master_key(gate: Gate, principal: Principal) -> Rotation:
     return Rotation(old.key_id, new.key_id, count)
 
 
-__all__ = ["EnvKeyProvider", "Rotation", "rotate_master_key"]
+__all__ = ["Rotation", "rotate_master_key"]

@@ -22,7 +22,7 @@ from medshard.catalog.access_models import ApiToken, AuthSession, User
 from medshard.catalog.models import utcnow
 from medshard.config import Settings
 from medshard.errors import AuthenticationError, InvalidInputError, NotFoundError
-from medshard.security.identity import _aware, get_user, principal_of
+from medshard.security.identity import as_utc, get_user, principal_of
 from medshard.security.passwords import verify_password
 from medshard.security.principal import Principal
 
@@ -59,10 +59,6 @@ class TokenPair:
         }
 
 
-def _dt(value: datetime) -> datetime:
-    return _aware(value)
-
-
 def login(
     session: Session, settings: Settings, username: str, password: str, source: str
 ) -> TokenPair:
@@ -79,7 +75,7 @@ def login(
     ok = verify_password(user.password_hash if user else None, password)
     if user is None or user.role == "service":
         raise AuthenticationError("wrong username or password")
-    locked = user.locked_until is not None and _dt(user.locked_until) > now
+    locked = user.locked_until is not None and as_utc(user.locked_until) > now
     if locked or user.disabled:
         raise AuthenticationError("wrong username or password, or the account is locked")
     if not ok:
@@ -120,7 +116,7 @@ def refresh(session: Session, settings: Settings, refresh_token: str, source: st
         select(AuthSession).where(AuthSession.refresh_hash == token_hash(refresh_token))
     )
     now = utcnow()
-    if row is None or row.revoked or _dt(row.refresh_expires_at) <= now:
+    if row is None or row.revoked or as_utc(row.refresh_expires_at) <= now:
         raise AuthenticationError("the refresh token is invalid or expired; log in again")
     user = session.get(User, row.user_pk)
     if user is None or user.disabled:
@@ -163,7 +159,7 @@ def resolve(session: Session, settings: Settings, token: str) -> Resolved:
         api = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
         if api is None or api.revoked_at is not None:
             raise AuthenticationError("the API token is unknown or revoked")
-        expires = _dt(api.expires_at) if api.expires_at is not None else None
+        expires = as_utc(api.expires_at) if api.expires_at is not None else None
         if expires is not None and expires <= now:
             raise AuthenticationError("the API token has expired")
         user = session.get(User, api.user_pk)
@@ -174,8 +170,8 @@ def resolve(session: Session, settings: Settings, token: str) -> Resolved:
     row = session.scalar(select(AuthSession).where(AuthSession.access_hash == digest))
     if row is None or row.revoked:
         raise AuthenticationError("the access token is unknown or has been logged out")
-    hard = _dt(row.access_expires_at)
-    idle = _dt(row.last_used_at) + timedelta(seconds=settings.session_idle_timeout_s)
+    hard = as_utc(row.access_expires_at)
+    idle = as_utc(row.last_used_at) + timedelta(seconds=settings.session_idle_timeout_s)
     if hard <= now:
         raise AuthenticationError("the access token has expired; refresh or log in again")
     if idle <= now:
@@ -187,7 +183,7 @@ def resolve(session: Session, settings: Settings, token: str) -> Resolved:
         principal_of(session, user, via="local"),
         min(hard, idle),
         session_pk=row.id,
-        last_used_at=_dt(row.last_used_at),
+        last_used_at=as_utc(row.last_used_at),
     )
 
 

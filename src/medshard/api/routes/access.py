@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 
 from medshard.api.auth import CallerDep
 from medshard.api.dicomweb.path_uids import valid_path_uids
-from medshard.errors import NotFoundError
 from medshard.security import careteam, erasure, identity
 from medshard.security.audit import events, patient_tag, verify
 
@@ -185,8 +184,5 @@ def erase_patient(
     patient_id: str, caller: CallerDep, reason: str = Query("", max_length=500)
 ) -> dict[str, object]:
     """Crypto-shred a patient (admin only); their chunks leave the nodes in the background."""
-    try:
-        result = erasure.erase_patient(caller.gate, caller.principal, patient_id, reason)
-    except NotFoundError:
-        raise
+    result = erasure.erase_patient(caller.gate, caller.principal, patient_id, reason)
     return {"patient_id": patient_id, **result.as_dict()}
