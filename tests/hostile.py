@@ -110,12 +110,16 @@ def encapsulated(fragments: list[bytes], frames: int = 1, *, delimiter: bool = T
     """A JPEG-LS file whose pixel data is the given fragments (after an empty offset table)."""
     ds = image(frames=frames, syntax=JPEGLSLossless)
     del ds.PixelData
-    head = encode(ds)
+    return encode(ds) + encapsulated_pixel_data(fragments, delimiter=delimiter)
+
+
+def encapsulated_pixel_data(fragments: list[bytes], *, delimiter: bool = True) -> bytes:
+    """The encapsulated Pixel Data element alone, to append to a header ending before it."""
     items = [b"\xfe\xff\x00\xe0" + struct.pack("<I", 0)]
     items += [b"\xfe\xff\x00\xe0" + struct.pack("<I", len(f)) + f for f in fragments]
     tail = b"\xfe\xff\xdd\xe0" + bytes(4) if delimiter else b""
     pixel = PIXEL_TAG_EXPLICIT + b"OB\x00\x00" + b"\xff\xff\xff\xff"
-    return head + pixel + b"".join(items) + tail
+    return pixel + b"".join(items) + tail
 
 
 def deflated_file(ds: Dataset | None = None) -> bytes:

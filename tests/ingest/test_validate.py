@@ -123,7 +123,7 @@ def test_a_deflate_bomb_is_refused_at_the_cap() -> None:
     big.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"
     del big.PixelData
     data = hostile.encode(big)
-    assert "one frame" in refused(data + hostile.encapsulated([b"x" * 10])[len(data) :], 1 * MiB)
+    assert "one frame" in refused(data + hostile.encapsulated_pixel_data([b"x" * 10]), 1 * MiB)
 
 
 BOMB_SCRIPT = """
