@@ -458,6 +458,23 @@ def bench_ingest(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("catalog")
+def bench_catalog(
+    as_json: JsonOpt = False,
+    instances: Annotated[int, typer.Option(help="Instances to record")] = 1000,
+    db: Annotated[
+        str, typer.Option(help="Catalog URL (PostgreSQL: a scratch database is made beside it)")
+    ] = "",
+    threads: Annotated[int, typer.Option(help="Concurrent writers")] = 8,
+    queries: Annotated[int, typer.Option(help="QIDO-RS searches per kind")] = 200,
+) -> None:
+    """Catalog ingest rate and QIDO-RS latency at scale (node I/O left out)."""
+    from medshard.bench.catalog import run_catalog_bench
+
+    result = run_catalog_bench(instances=instances, db=db or None, threads=threads, queries=queries)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 @bench_app.command("dicomweb")
 def bench_dicomweb(
     as_json: JsonOpt = False,

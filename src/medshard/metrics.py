@@ -8,6 +8,7 @@ INGEST_TOTAL = Counter("medshard_ingest_total", "Files offered for ingest, by ou
 INGEST_BYTES = Counter("medshard_ingest_bytes_total", "Bytes of accepted files ingested")
 INGEST_SECONDS = Histogram("medshard_ingest_seconds", "Time to ingest one file")
 READ_TOTAL = Counter("medshard_read_total", "Objects read, by kind", ["kind"])
+PUT_TOTAL = Counter("medshard_put_total", "Objects committed by the write path, by kind", ["kind"])
 STORE_WRITE_SECONDS = Histogram("medshard_store_write_seconds", "Encrypt+replicate one object")
 STORE_WRITE_BYTES = Counter("medshard_store_write_bytes_total", "Plaintext bytes written")
 STORE_READ_SECONDS = Histogram("medshard_store_read_seconds", "Fetch+verify+decrypt one object")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from medshard.analysis.queue import (
     JobQueue,
 )
 from medshard.analysis.worker import QueueWorker
+from medshard.bench.peers import dcmtk
 from medshard.catalog.models import AnalysisJob, Finding, Instance
 from medshard.cluster.archive import Archive
 from medshard.demo import sample_dicom_dir
@@ -227,11 +227,11 @@ def test_service_analyses_cli_imports_and_stow_and_keeps_jobs_over_a_restart(
         assert stow_finding["sop_instance_uid"] == stow_sop
 
         # 3. DIMSE C-STORE from a real modality-side tool (dcmtk's storescu).
-        assert shutil.which("storescu"), "dcmtk's storescu is needed (make test installs it)"
+        storescu = dcmtk("storescu")  # dcmtk's, not pynetdicom's look-alike in the venv
         dimse_study, dimse_sop, _p = _uids(demo_files[3])
         subprocess.run(
             [
-                "storescu",
+                storescu,
                 "-aet",
                 "MODALITY",
                 "-aec",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from medshard.api.dimse_retrieve import data_set_offset
+from medshard.bench.peers import dcmtk, dcmtk_available
 from medshard.cluster.archive import Archive
 from medshard.node.launcher import free_port
 from tests.conftest import Deployment, Service, make_deployment, start_service
@@ -53,7 +53,7 @@ ORTHANC_SLICES = 4  # the series' last slices are kept back for the Orthanc roun
 
 
 def _require(*binaries: str) -> None:
-    missing = [b for b in binaries if shutil.which(b) is None]
+    missing = dcmtk_available(*binaries)
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"DIMSE peers required in CI, missing: {', '.join(missing)}")
@@ -92,7 +92,7 @@ class Peers:
         self, tool: str, *options: str, files: tuple[str, ...] = (), ok: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run a dcmtk tool as CALLING against the service; output is in ``stderr``."""
-        cmd = [tool, "-aet", CALLING, "-aec", self.service.ae_title, *options]
+        cmd = [dcmtk(tool), "-aet", CALLING, "-aec", self.service.ae_title, *options]
         cmd += ["127.0.0.1", str(self.service.dimse_port), *files]
         run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
         if ok and run.returncode != 0:
@@ -112,7 +112,7 @@ class Storescp:
     def __init__(self, port: int, out: Path, aet: str = "STORESCP") -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
-        cmd = ["storescp", "+xa", "+B", "-aet", aet, "-od", str(out), str(port)]
+        cmd = [dcmtk("storescp"), "+xa", "+B", "-aet", aet, "-od", str(out), str(port)]
         self.proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE)
         _wait_port(port)
 
@@ -201,7 +201,9 @@ def loaded(peers: Peers) -> Peers:
             ["-xf", str(config), "Archive", *target, *map(str, singles)],
             ["+sd", "+sp", "*.dcm", *target, str(series)],
         ):
-            run = subprocess.run(["storescu", *args], env=_env(), capture_output=True, text=True)
+            run = subprocess.run(
+                [dcmtk("storescu"), *args], env=_env(), capture_output=True, text=True
+            )
             assert run.returncode == 0, run.stderr[-3000:]
 
     wire_port = free_port()
@@ -224,7 +226,7 @@ def test_echoscu(peers: Peers) -> None:
 
 
 def test_association_from_unlisted_ae_is_rejected(peers: Peers) -> None:
-    cmd = ["echoscu", "-aet", "INTRUDER", "-aec", "MEDSHARD", "127.0.0.1"]
+    cmd = [dcmtk("echoscu"), "-aet", "INTRUDER", "-aec", "MEDSHARD", "127.0.0.1"]
     run = subprocess.run(
         [*cmd, str(peers.service.dimse_port)], env=_env(), capture_output=True, text=True
     )
@@ -549,7 +551,7 @@ def test_medshard_dimse_command_serves_and_stops_on_sigterm(peers: Peers) -> Non
     try:
         _wait_port(port, timeout=30)
         run = subprocess.run(
-            ["echoscu", "-aet", CALLING, "-aec", "MEDSHARD", "127.0.0.1", str(port)],
+            [dcmtk("echoscu"), "-aet", CALLING, "-aec", "MEDSHARD", "127.0.0.1", str(port)],
             env=_env(),
             capture_output=True,
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import ssl
 import stat
 import subprocess
@@ -21,6 +20,7 @@ from cryptography import x509
 from pynetdicom import AE
 from typer.testing import CliRunner
 
+from medshard.bench.peers import dcmtk, dcmtk_available
 from medshard.catalog.db import Catalog
 from medshard.cli import app
 from medshard.config import load_settings
@@ -213,14 +213,14 @@ def test_dicom_tls_with_a_client_ca_requires_a_client_certificate_it_signed(
 
 @pytest.mark.peers
 def test_dcmtk_echoscu_over_tls(tls_service: tuple[Service, int], tmp_path: Path) -> None:
-    if shutil.which("echoscu") is None:
+    if dcmtk_available("echoscu"):
         if os.environ.get("CI"):
             pytest.fail("dcmtk's echoscu is required in CI")
         pytest.skip("dcmtk not installed")
     svc, tls_port = tls_service
     server_cert = str(_server_cert(svc))
     client = write_self_signed(tmp_path / "echoscu", name="echoscu")
-    base = ["echoscu", "-aet", CALLING, "-aec", svc.ae_title]
+    base = [dcmtk("echoscu"), "-aet", CALLING, "-aec", svc.ae_title]
     target = ["127.0.0.1", str(tls_port)]
     trust = ["+cf", server_cert]  # pin the service's self-signed certificate
     runs = {

@@ -1,19 +1,44 @@
 """One handle on a deployment: settings, catalog, master key, node pool and object store.
 
 Everything that runs against a home (CLI commands, the API service, workers) opens an
-:class:`Archive`, uses it, and closes it.
+:class:`Archive`, uses it, and closes it. :meth:`Archive.put_object` is the one write path:
+import, STOW-RS, C-STORE, thumbnails and AI reports all store their bytes through it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import BinaryIO, Generic, TypeVar
 
+from sqlalchemy.orm import Session
+
+from medshard import metrics
 from medshard.catalog.db import Catalog
+from medshard.catalog.writes import PatientKeyRow, PatientValues, ensure_patient, patient_key_row
 from medshard.cluster.nodes import NodePool
-from medshard.cluster.objects import ObjectStore
+from medshard.cluster.objects import ObjectStore, shard_of
 from medshard.config import Settings, load_settings
 from medshard.storage.keys import key_provider_for
+
+T = TypeVar("T")
+#: Runs inside the object's commit with (session, patient pk, object pk): adds the rows that
+#: point at the object (an instance, a thumbnail link, a care-team entry, an audit event).
+#: Raising aborts the whole write: no row is kept and the object's chunks are removed.
+Link = Callable[[Session, int, int], T]
+
+
+@dataclass(frozen=True)
+class Put(Generic[T]):
+    """A committed write: its rows, how many copies every chunk has, and what ``link`` returned."""
+
+    patient_pk: int
+    object_pk: int
+    size: int
+    copies: int
+    linked: T
 
 
 class Archive:
@@ -25,6 +50,57 @@ class Archive:
         self.store = ObjectStore(self.catalog, self.pool, self.keys, settings)
         if probe:
             self.pool.probe()
+
+    def put_object(
+        self,
+        patient: PatientValues,
+        stream: BinaryIO,
+        link: Link[T],
+        *,
+        kind: str = "dicom",
+        content_type: str = "application/dicom",
+        care_sites: Sequence[str] = (),
+    ) -> Put[T]:
+        """Encrypt, place and replicate ``stream``, then commit its rows in one transaction.
+
+        The bytes go first: only once every chunk is durable at the write quorum are the
+        patient (if new), object, chunk, replica and ``link`` rows committed, together, in a
+        group commit. If anything fails, before or during the commit, no row is kept and the
+        chunks already written are removed from their nodes.
+        """
+        store = self.store
+        with self.catalog.engine.connect() as conn:
+            known = patient_key_row(conn, patient.patient_id)
+        if known is None:  # a new patient: a key is offered now, the row made in the commit
+            wrapped, key_id = store.new_patient_key(patient.patient_id)
+            shard = shard_of(patient.patient_id, self.settings.shards)
+            offered = PatientKeyRow(0, patient.patient_id, shard, wrapped, key_id)
+        else:
+            offered = known
+        patient_key = store.patient_key(offered)  # refuses a crypto-shredded patient
+        written = store.write(stream, care_sites=care_sites)
+
+        def commit(session: Session) -> tuple[int, int, T]:
+            row = known or ensure_patient(
+                session,
+                patient,
+                shard=offered.shard,
+                wrapped_key=offered.wrapped_key or b"",
+                key_id=offered.master_key_id,
+            )
+            key = patient_key if row.wrapped_key == offered.wrapped_key else store.patient_key(row)
+            object_pk = store.record(
+                session, row, key, written, kind=kind, content_type=content_type
+            )
+            return row.pk, object_pk, link(session, row.pk, object_pk)
+
+        try:
+            patient_pk, object_pk, linked = self.catalog.commit_grouped(commit)
+        except BaseException:
+            store.discard(written)
+            raise
+        metrics.PUT_TOTAL.labels(kind).inc()
+        return Put(patient_pk, object_pk, written.size, written.min_copies, linked)
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, *, probe: bool = True) -> Archive:

@@ -1,10 +1,11 @@
 """The object write and read paths: encrypt, chunk, place, replicate; verify, decrypt, stream.
 
-Write (``write`` then ``record``): a fresh data key, wrapped by the patient's key; the plaintext
-is read chunk by chunk, each chunk sealed, content-addressed and PUT to the object's replica set
-in parallel. A chunk is acknowledged once ``write_quorum`` nodes made it durable; nodes that
-failed are left for repair (the catalog records only real copies). ``record`` adds the catalog
-rows inside the caller's transaction, so an instance and its bytes commit together.
+Write (``write`` then ``record``, both driven by :meth:`Archive.put_object`, the one write
+path): a fresh data key per object; the plaintext is read chunk by chunk, each chunk sealed,
+content-addressed and PUT to the object's replica set in parallel. A chunk is acknowledged once
+``write_quorum`` nodes made it durable; nodes that failed are left for repair (the catalog
+records only real copies). ``record`` wraps the data key under the patient's key and adds the
+catalog rows inside the caller's transaction, after the bytes are durable.
 
 Read (``read``): replicas ordered by health and measured latency ("nearest" first); every chunk
 is hash-verified before it is decrypted. A corrupt or missing copy is marked in the catalog
@@ -20,14 +21,15 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medshard import metrics
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject, utcnow
+from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject
+from medshard.catalog.writes import ObjectRow, PatientKeyRow, insert_object
 from medshard.cluster.nodes import NodePool
 from medshard.cluster.placement import CapacityWeightedPlacement, PlacementPolicy
 from medshard.config import Settings
@@ -66,14 +68,29 @@ class WrittenChunk:
     nodes: list[str]
 
 
+class KeyedPatient(Protocol):
+    """A patient row or key row: what unwrapping the patient's key needs."""
+
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def wrapped_key(self) -> bytes | None: ...
+    @property
+    def master_key_id(self) -> str: ...
+
+
 @dataclass
 class WrittenObject:
-    """What ``write`` made durable, ready for ``record``."""
+    """What ``write`` made durable, ready for ``record``.
+
+    The data key stays in memory, unwrapped, until ``record``: the patient's key is only
+    certain inside the commit (a new patient's row may be created meanwhile by another writer).
+    """
 
     object_key: str
     size: int
     sha256: str
-    wrapped_key: bytes
+    data_key: bytes = field(repr=False)
     chunk_size: int
     chunks: list[WrittenChunk] = field(default_factory=list)
 
@@ -103,7 +120,7 @@ class ObjectStore:
         self._key_stamp = path.stat().st_mtime_ns if path.exists() else 0
 
     # -- keys ---------------------------------------------------------------------------
-    def patient_key(self, patient: Patient) -> bytes:
+    def patient_key(self, patient: KeyedPatient) -> bytes:
         if patient.wrapped_key is None:
             raise StorageError(
                 f"patient {patient.patient_id!r} has been crypto-shredded: data is unreadable"
@@ -145,13 +162,7 @@ class ObjectStore:
             self._patient_keys.pop(cache_key, None)
 
     # -- write --------------------------------------------------------------------------
-    def write(
-        self,
-        patient_key: bytes,
-        stream: BinaryIO,
-        *,
-        care_sites: Sequence[str] = (),
-    ) -> WrittenObject:
+    def write(self, stream: BinaryIO, *, care_sites: Sequence[str] = ()) -> WrittenObject:
         """Encrypt, chunk and replicate a stream; raises NoQuorumError (nothing kept) on failure."""
         object_key = uuid.uuid4().hex
         data_key = new_key()
@@ -167,7 +178,7 @@ class ObjectStore:
             object_key=object_key,
             size=0,
             sha256="",
-            wrapped_key=wrap_data_key(patient_key, data_key, object_key),
+            data_key=data_key,
             chunk_size=chunk_size,
         )
         digest = hashlib.sha256()
@@ -185,9 +196,11 @@ class ObjectStore:
                 ]
                 pending.append((idx, cid, len(sealed), futures))
                 while len(pending) > 1:  # at most two chunks in flight per object
-                    result.chunks.append(self._settle(*pending.pop(0), quorum))
+                    result.chunks.append(self._settle(*pending[0], quorum))
+                    pending.pop(0)  # only once settled: a chunk short of quorum is undone below
             while pending:
-                result.chunks.append(self._settle(*pending.pop(0), quorum))
+                result.chunks.append(self._settle(*pending[0], quorum))
+                pending.pop(0)
         except BaseException:
             for idx, cid, size, futures in pending:  # let in-flight PUTs land, then undo them
                 landed = [name for name, fut in futures if not fut.cancel() and fut.result()]
@@ -235,58 +248,28 @@ class ObjectStore:
     def record(
         self,
         session: Session,
-        patient: Patient,
+        patient: PatientKeyRow,
+        patient_key: bytes,
         written: WrittenObject,
         *,
         kind: str = "dicom",
         content_type: str = "application/dicom",
     ) -> int:
-        """Add the object's catalog rows in the caller's transaction; returns its primary key.
-
-        Core inserts, not ORM objects: this is the ingest hot path, and a profile showed the
-        ORM unit of work costing a third of the importer's CPU for these few rows.
-        """
-        objects = cast(Table, StoredObject.__table__)
-        chunks = cast(Table, Chunk.__table__)
-        replicas = cast(Table, Replica.__table__)
-        now = utcnow()
-        object_pk = session.execute(
-            insert(objects).returning(objects.c.id),
-            [
-                {
-                    "object_key": written.object_key,
-                    "patient_pk": patient.id,
-                    "shard": patient.shard,
-                    "kind": kind,
-                    "content_type": content_type,
-                    "size": written.size,
-                    "sha256": written.sha256,
-                    "chunk_size": written.chunk_size,
-                    "wrapped_key": written.wrapped_key,
-                    "created_at": now,
-                }
-            ],
-        ).scalar_one()
-        chunk_pks = (
-            session.execute(
-                insert(chunks).returning(chunks.c.id, sort_by_parameter_order=True),
-                [
-                    {"object_pk": object_pk, "idx": c.idx, "chunk_id": c.chunk_id, "size": c.size}
-                    for c in written.chunks
-                ],
-            )
-            .scalars()
-            .all()
-        )
-        session.execute(
-            insert(replicas),
-            [
-                {"chunk_pk": pk, "node_pk": self.pool.get(n).pk, "state": "ok", "created_at": now}
-                for pk, c in zip(chunk_pks, written.chunks, strict=True)
-                for n in c.nodes
+        """Add the object's catalog rows in the caller's transaction; returns its primary key."""
+        row = ObjectRow(
+            object_key=written.object_key,
+            kind=kind,
+            content_type=content_type,
+            size=written.size,
+            sha256=written.sha256,
+            chunk_size=written.chunk_size,
+            wrapped_key=wrap_data_key(patient_key, written.data_key, written.object_key),
+            chunks=[
+                (c.idx, c.chunk_id, c.size, [self.pool.get(n).pk for n in c.nodes])
+                for c in written.chunks
             ],
         )
-        return int(object_pk)
+        return insert_object(session, patient, row)
 
     # -- read ---------------------------------------------------------------------------
     def load(self, object_key: str) -> tuple[StoredObject, bytes]:

@@ -1,10 +1,11 @@
 """The ingest pipeline shared by every source (file import, C-STORE, STOW-RS, browser upload).
 
-validate the whole file (:mod:`medshard.ingest.validate`) + parse the header -> index fields
--> duplicate check -> encrypt + replicate (quorum) -> one catalog transaction (instance with
-its object rows, plus any in-transaction hooks such as the analysis queue) -> outcome. A
-rejected file never leaves anything behind in the catalog or on the nodes. A preamble that
-could make the file a polyglot is zeroed on the way in, and the outcome's ``note`` says so.
+parse (validate the whole file with :mod:`medshard.ingest.validate`, read the header's index
+fields) -> duplicate check -> put (:meth:`Archive.put_object`: encrypt, replicate to a quorum,
+then commit patient, study, series, instance and object rows, and any hooks such as the
+analysis queue, care team and audit, in one transaction) -> a typed outcome. A rejected file
+never leaves anything behind in the catalog or on the nodes. A preamble that could make the
+file a polyglot is zeroed on the way in, and the outcome's ``note`` says so.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
-from sqlalchemy import ColumnElement, Table, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from medshard import metrics
-from medshard.catalog.models import Instance, Patient, Series, StoredObject, Study, utcnow
+from medshard.catalog.models import Instance
+from medshard.catalog.writes import (
+    PatientValues,
+    ensure_series,
+    ensure_study,
+    insert_instance,
+    stored_sha256_of_instance,
+)
 from medshard.cluster.archive import Archive
-from medshard.cluster.objects import shard_of
 from medshard.errors import IdentityConflictError, InvalidInputError, MedshardError
 from medshard.ingest.dicom import InstanceFields, instance_fields, read_header
 from medshard.ingest.validate import validate_stream
@@ -95,19 +101,12 @@ def file_sha256(fh: BinaryIO) -> str:
 class Ingestor:
     """Ingests DICOM streams into an :class:`Archive`."""
 
-    #: Entries kept in each lookup cache before it is cleared (bounded memory).
-    CACHE_LIMIT = 50_000
-
     def __init__(self, archive: Archive, *, analysis: bool = True) -> None:
         self.archive = archive
         self.hooks: list[InstanceHook] = []
         self.analysis_attached = False
         if analysis:
             attach_analysis(self)
-        # Patient, study and series rows never change identity once created, and a profile
-        # showed their look-ups costing a quarter of ingest CPU: remember them per ingestor.
-        self._patients: dict[str, Patient] = {}
-        self._pks: dict[tuple[str, ...], int] = {}
 
     def ingest_path(
         self, path: Path, *, site_id: int | None = None, on_commit: CommitHook | None = None
@@ -182,11 +181,7 @@ class Ingestor:
 
     def _duplicate_of(self, fh: BinaryIO, fields: InstanceFields) -> tuple[str, str] | None:
         with self.archive.catalog.engine.connect() as conn:  # Core: cheap on the hot path
-            existing = conn.execute(
-                select(StoredObject.sha256)
-                .join(Instance, Instance.object_pk == StoredObject.id)
-                .where(Instance.sop_instance_uid == fields.sop_instance_uid)
-            ).scalar()
+            existing = stored_sha256_of_instance(conn, fields.sop_instance_uid)
         if existing is None:
             return None
         if existing == file_sha256(fh):
@@ -205,15 +200,12 @@ class Ingestor:
         site_id: int | None = None,
         on_commit: CommitHook | None = None,
     ) -> int:
-        archive = self.archive
-        patient = self.patient(fields)
-        study_pk = self._study(patient, fields)
-        series_pk = self._series(study_pk, fields)
-        written = archive.store.write(archive.store.patient_key(patient), fh)
+        """Put the instance; returns how many copies its least-copied chunk has."""
 
-        def commit(session: Session) -> None:
-            object_pk = archive.store.record(session, patient, written)
-            instance_values = {
+        def link(session: Session, patient_pk: int, object_pk: int) -> None:
+            study_pk = ensure_study(session, patient_pk, study_values(fields))
+            series_pk = ensure_series(session, study_pk, series_values(fields))
+            values = {
                 "sop_instance_uid": fields.sop_instance_uid,
                 "series_pk": series_pk,
                 "sop_class_uid": fields.sop_class_uid,
@@ -226,177 +218,42 @@ class Ingestor:
                 "object_pk": object_pk,
                 "source_path": source[:1024],
                 "source_site_id": site_id,
-                "created_at": utcnow(),
-                "deleted": False,
             }
-            table = cast(Table, Instance.__table__)
-            instance_pk = session.execute(
-                insert(table).returning(table.c.id), [instance_values]
-            ).scalar_one()
-            instance = Instance(id=instance_pk, **instance_values)  # detached, for hooks
+            instance = Instance(id=insert_instance(session, values), **values)  # for hooks
             for hook in self.hooks:
                 hook(session, instance, fields)
             if on_commit is not None:
-                on_commit(session, patient.id, instance, fields)
+                on_commit(session, patient_pk, instance, fields)
 
-        try:
-            archive.catalog.commit_grouped(commit)
-        except BaseException:
-            archive.store.discard(written)
-            raise
-        metrics.INGEST_BYTES.inc(written.size)
-        return written.min_copies
-
-    # -- get-or-create, each in its own short transaction (no savepoints needed) -------------
-    def patient(self, fields: InstanceFields) -> Patient:
-        catalog = self.archive.catalog
-        pid = fields.patient_id
-        cached = self._patients.get(pid)
-        if cached is not None:
-            return cached
-        with catalog.session() as session:
-            found = session.scalar(select(Patient).where(Patient.patient_id == pid))
-        if found is not None:
-            return self._remember_patient(found)
-        wrapped_key, key_id = self.archive.store.new_patient_key(pid)
-        try:
-            with catalog.transaction() as session:
-                session.add(
-                    Patient(
-                        patient_id=pid,
-                        name=fields.patient_name,
-                        birth_date=fields.patient_birth_date,
-                        sex=fields.patient_sex,
-                        shard=shard_of(pid, self.archive.settings.shards),
-                        wrapped_key=wrapped_key,
-                        master_key_id=key_id,
-                    )
-                )
-        except IntegrityError:
-            pass
-        with catalog.session() as session:
-            created = session.scalar(select(Patient).where(Patient.patient_id == pid))
-        assert created is not None
-        return self._remember_patient(created)
-
-    def _remember_patient(self, patient: Patient) -> Patient:
-        if len(self._patients) >= self.CACHE_LIMIT:
-            self._patients.clear()
-        self._patients[patient.patient_id] = patient
-        return patient
-
-    def _study(self, patient: Patient, fields: InstanceFields) -> int:
-        def make() -> Study:
-            return Study(
-                study_instance_uid=fields.study_instance_uid,
-                patient_pk=patient.id,
-                study_date=fields.study_date,
-                study_time=fields.study_time,
-                accession_number=fields.accession_number,
-                study_id=fields.study_id,
-                study_description=fields.study_description,
-                referring_physician=fields.referring_physician,
-            )
-
-        pk = self._get_or_create(
-            ("study", fields.study_instance_uid),
-            Study.id,
-            Study.study_instance_uid == fields.study_instance_uid,
-            make,
+        patient = PatientValues(
+            fields.patient_id, fields.patient_name, fields.patient_birth_date, fields.patient_sex
         )
-        owner = self._parent_of(
-            ("study", fields.study_instance_uid), Study.patient_pk, Study.id, pk
-        )
-        if owner != patient.id:
-            raise IdentityConflictError(
-                f"Study Instance UID {fields.study_instance_uid} belongs to another patient, not "
-                f"to Patient ID {fields.patient_id!r}; refused so that neither record is mixed up "
-                "(correct the Patient ID, or the study UID, and send it again)"
-            )
-        return pk
+        put = self.archive.put_object(patient, fh, link)
+        metrics.INGEST_BYTES.inc(put.size)
+        return put.copies
 
-    def _series(self, study_pk: int, fields: InstanceFields) -> int:
-        def make() -> Series:
-            return Series(
-                series_instance_uid=fields.series_instance_uid,
-                study_pk=study_pk,
-                modality=fields.modality,
-                series_number=fields.series_number,
-                series_description=fields.series_description,
-                body_part=fields.body_part,
-                series_date=fields.series_date,
-                series_time=fields.series_time,
-            )
 
-        pk = self._get_or_create(
-            ("series", fields.series_instance_uid),
-            Series.id,
-            Series.series_instance_uid == fields.series_instance_uid,
-            make,
-        )
-        parent = self._parent_of(
-            ("series", fields.series_instance_uid), Series.study_pk, Series.id, pk
-        )
-        if parent != study_pk:
-            raise IdentityConflictError(
-                f"Series Instance UID {fields.series_instance_uid} belongs to another study, "
-                f"not to {fields.study_instance_uid}"
-            )
-        return pk
+def study_values(fields: InstanceFields) -> dict[str, str]:
+    """A new study row's attributes (kept from the study's first instance)."""
+    return {
+        "study_instance_uid": fields.study_instance_uid,
+        "study_date": fields.study_date,
+        "study_time": fields.study_time,
+        "accession_number": fields.accession_number,
+        "study_id": fields.study_id,
+        "study_description": fields.study_description,
+        "referring_physician": fields.referring_physician,
+    }
 
-    def _parent_of(
-        self,
-        cache_key: tuple[str, str],
-        parent_column: InstrumentedAttribute[int],
-        pk_column: InstrumentedAttribute[int],
-        pk: int,
-    ) -> int:
-        """The patient of a study or the study of a series (they never change: cached)."""
-        key = ("parent", *cache_key)
-        cached = self._pks.get(key)
-        if cached is not None:
-            return cached
-        with self.archive.catalog.session() as session:
-            parent = session.scalar(select(parent_column).where(pk_column == pk))
-        assert parent is not None
-        self._pks[key] = parent
-        return parent
 
-    def _get_or_create(
-        self,
-        cache_key: tuple[str, str],
-        pk_column: InstrumentedAttribute[int],
-        where: ColumnElement[bool],
-        make: Callable[[], Study | Series],
-    ) -> int:
-        cached = self._pks.get(cache_key)
-        if cached is not None:
-            return cached
-        pk = self._find_or_create(pk_column, where, make)
-        if len(self._pks) >= self.CACHE_LIMIT:
-            self._pks.clear()
-        self._pks[cache_key] = pk
-        return pk
-
-    def _find_or_create(
-        self,
-        pk_column: InstrumentedAttribute[int],
-        where: ColumnElement[bool],
-        make: Callable[[], Study | Series],
-    ) -> int:
-        catalog = self.archive.catalog
-        with catalog.session() as session:
-            pk = session.scalar(select(pk_column).where(where))
-        if pk is not None:
-            return pk
-        try:
-            with catalog.transaction() as session:
-                row = make()
-                session.add(row)
-                session.flush()
-                return row.id
-        except IntegrityError:
-            with catalog.session() as session:
-                found = session.scalar(select(pk_column).where(where))
-            assert found is not None
-            return found
+def series_values(fields: InstanceFields) -> dict[str, object]:
+    """A new series row's attributes (kept from the series' first instance)."""
+    return {
+        "series_instance_uid": fields.series_instance_uid,
+        "modality": fields.modality,
+        "series_number": fields.series_number,
+        "series_description": fields.series_description,
+        "body_part": fields.body_part,
+        "series_date": fields.series_date,
+        "series_time": fields.series_time,
+    }

@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from medshard.api.dicomweb.lookup import InstanceRef
 from medshard.api.dicomweb.retrieve import load_dataset
 from medshard.api.errors import NotAcceptableError
-from medshard.catalog.models import Instance, Patient, StoredObject
+from medshard.catalog.lookups import patient_id_of, thumbnail_key_of
+from medshard.catalog.writes import PatientValues, link_thumbnail
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidDicomError, MedshardError, NotFoundError, UnsupportedContentError
 from medshard.ingest.render import RenderCache, render_frame, thumbnail
@@ -86,11 +87,7 @@ def thumbnail_png(archive: Archive, ref: InstanceRef) -> bytes:
     if not ref.has_pixels:
         raise NotAcceptableError(f"instance {ref.sop_uid} has no pixel data to render")
     with archive.catalog.session() as session:
-        key = session.scalar(
-            select(StoredObject.object_key)
-            .join(Instance, Instance.thumbnail_object_pk == StoredObject.id)
-            .where(Instance.id == ref.instance_pk)
-        )
+        key = thumbnail_key_of(session, ref.instance_pk)
     if key is not None:
         return archive.store.read_all(key)
     with _undecodable_is_not_acceptable():
@@ -102,21 +99,27 @@ def thumbnail_png(archive: Archive, ref: InstanceRef) -> bytes:
     return png
 
 
+class _ThumbnailLinkedMeanwhile(MedshardError):
+    """Another request linked its thumbnail first: this one's write is undone."""
+
+
 def _persist_thumbnail(archive: Archive, ref: InstanceRef, png: bytes) -> None:
     with archive.catalog.session() as session:
-        patient = session.get(Patient, ref.patient_pk)
-    if patient is None:
+        patient_id = patient_id_of(session, ref.patient_pk)
+    if patient_id is None:
         raise NotFoundError(f"patient of instance {ref.sop_uid} is gone")
-    written = archive.store.write(archive.store.patient_key(patient), io.BytesIO(png))
-    linked = False
+
+    def link(session: Session, _patient_pk: int, object_pk: int) -> None:
+        if not link_thumbnail(session, ref.instance_pk, object_pk):
+            raise _ThumbnailLinkedMeanwhile(f"thumbnail of {ref.sop_uid} linked meanwhile")
+
     try:
-        with archive.catalog.transaction() as session:
-            instance = session.get(Instance, ref.instance_pk)
-            if instance is not None and instance.thumbnail_object_pk is None:
-                instance.thumbnail_object_pk = archive.store.record(
-                    session, patient, written, kind="thumbnail", content_type="image/png"
-                )
-                linked = True
-    finally:
-        if not linked:  # failed, or another request linked its thumbnail first
-            archive.store.discard(written)
+        archive.put_object(
+            PatientValues(patient_id),
+            io.BytesIO(png),
+            link,
+            kind="thumbnail",
+            content_type="image/png",
+        )
+    except _ThumbnailLinkedMeanwhile:
+        pass
