@@ -417,7 +417,7 @@ def dimse(
     port: Annotated[int | None, typer.Option(help="DIMSE port (0: any free port)")] = None,
 ) -> None:
     """Run only the DIMSE service (C-ECHO/STORE/FIND/MOVE/GET) until SIGTERM or Ctrl-C."""
-    from medshard.api.dimse import DimseServer, serve_forever
+    from medshard.api.dimse.scp import DimseServer, serve_forever
 
     def ready(server: DimseServer) -> None:
         out.print(f"DIMSE {server.ae_title} on {server.host}:{server.port} (Ctrl-C to stop)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from medshard.api.dimse_retrieve import data_set_offset
+from medshard.api.dimse.retrieve import data_set_offset
 from medshard.bench.peers import dcmtk, dcmtk_available
 from medshard.cluster.archive import Archive
 from medshard.node.launcher import free_port
@@ -53,7 +54,8 @@ ORTHANC_SLICES = 4  # the series' last slices are kept back for the Orthanc roun
 
 
 def _require(*binaries: str) -> None:
-    missing = dcmtk_available(*binaries)
+    missing = dcmtk_available(*[b for b in binaries if b in DCMTK])
+    missing += [b for b in binaries if b not in DCMTK and shutil.which(b) is None]
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"DIMSE peers required in CI, missing: {', '.join(missing)}")

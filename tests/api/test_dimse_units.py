@@ -12,8 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from pynetdicom import association as pynetdicom_association
 from pynetdicom.dsutils import encode
 
-from medshard.api.dimse import STORAGE_SYNTAXES, build_ae
-from medshard.api.dimse_query import (
+from medshard.api.dimse.query import (
     PATIENT_ROOT,
     STUDY_ROOT,
     condition_of,
@@ -21,7 +20,7 @@ from medshard.api.dimse_query import (
     response_identifier,
     retrieve_query,
 )
-from medshard.api.dimse_retrieve import (
+from medshard.api.dimse.retrieve import (
     MAX_CONTEXTS,
     Match,
     StoredInstance,
@@ -30,7 +29,8 @@ from medshard.api.dimse_retrieve import (
     requested_contexts,
     sendable,
 )
-from medshard.api.dimse_status import failure, rejection_error, status_code
+from medshard.api.dimse.scp import STORAGE_SYNTAXES, build_ae
+from medshard.api.dimse.status import failure, rejection_error, status_code
 from medshard.catalog.matching import AnyOf, Range, SingleValue, Wildcard
 from medshard.config import Settings
 from medshard.errors import (

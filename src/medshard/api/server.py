@@ -13,7 +13,7 @@ from __future__ import annotations
 import uvicorn
 
 from medshard.api.app import create_app
-from medshard.api.dimse import attach_to_app
+from medshard.api.dimse.scp import attach_to_app
 from medshard.api.timeouts import RequestBodyGuard, guarded_protocol
 from medshard.config import Settings
 from medshard.security.tls import resolve as resolve_tls_path

@@ -34,7 +34,7 @@ from pynetdicom import association as _association
 from pynetdicom.presentation import PresentationContext, build_context
 from sqlalchemy import select
 
-from medshard.api.dimse_query import Query
+from medshard.api.dimse.query import Query
 from medshard.catalog.models import Instance, StoredObject
 from medshard.catalog.search import search
 from medshard.cluster.archive import Archive

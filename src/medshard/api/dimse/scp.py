@@ -59,7 +59,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket, ThreadedAssociationServer
 
-from medshard.api.dimse_handlers import (
+from medshard.api.dimse.handlers import (
     VERIFICATION,
     handle_echo,
     handle_find,
@@ -68,8 +68,8 @@ from medshard.api.dimse_handlers import (
     handle_rejected,
     handle_store,
 )
-from medshard.api.dimse_query import PATIENT_ROOT, STUDY_ROOT
-from medshard.api.dimse_retrieve import install_passthrough
+from medshard.api.dimse.query import PATIENT_ROOT, STUDY_ROOT
+from medshard.api.dimse.retrieve import install_passthrough
 from medshard.cluster.archive import Archive
 from medshard.config import Settings
 from medshard.errors import ConfigError

@@ -3,7 +3,7 @@
 Each handler gets its dependencies as explicit arguments (bound with pynetdicom's
 ``(event, handler, [args])`` form, as pynetdicom's qrscp does) and runs in the thread of the
 association it serves, so a slow ingest holds up only its own peer. Every failure status comes
-from :mod:`medshard.api.dimse_status`; no handler lets an exception escape to pynetdicom, which
+from :mod:`medshard.api.dimse.status`; no handler lets an exception escape to pynetdicom, which
 would answer with an opaque ``0xC0xx`` code.
 """
 
@@ -22,8 +22,8 @@ from pynetdicom import events as evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import build_context
 
-from medshard.api.dimse_query import parse_identifier, response_identifier, retrieve_query
-from medshard.api.dimse_retrieve import (
+from medshard.api.dimse.query import parse_identifier, response_identifier, retrieve_query
+from medshard.api.dimse.retrieve import (
     Match,
     accepted_for_sending,
     find_matches,
@@ -32,7 +32,7 @@ from medshard.api.dimse_retrieve import (
     sendable,
     unreadable,
 )
-from medshard.api.dimse_status import (
+from medshard.api.dimse.status import (
     CANCEL,
     PENDING,
     SUCCESS,
