@@ -169,3 +169,43 @@ def test_a_refused_identity_undoes_the_written_bytes(
     with archive.catalog.session() as session:
         assert session.scalar(select(Patient).where(Patient.patient_id == "SOMEONE-ELSE")) is None
         assert session.scalar(select(func.count()).select_from(StoredObject)) == 1
+
+
+def test_a_study_deleted_or_a_patient_erased_meanwhile_is_filed_afresh(
+    three_nodes: Deployment, archive: Archive
+) -> None:
+    """The ingestor remembers rows it filed; deleting them must not make it refuse or fail."""
+    from medshard.security.erasure import delete_study, erase_patient
+    from medshard.security.gate import Gate
+    from medshard.security.principal import system_principal
+
+    ingestor, gate, admin = Ingestor(archive, analysis=False), Gate(archive), system_principal("t")
+    first = hostile.image(patient="FILED-1")
+    study, series = first.StudyInstanceUID, first.SeriesInstanceUID
+
+    def again(patient: str = "FILED-1") -> str:
+        ds = hostile.image(patient=patient, study=study)
+        ds.SeriesInstanceUID = series
+        return ingestor.ingest_stream(io.BytesIO(hostile.encode(ds)), "again.dcm").status
+
+    assert ingestor.ingest_stream(io.BytesIO(hostile.encode(first)), "first.dcm").status == (
+        "imported"
+    )
+    assert again() == "imported"  # from the cache
+    delete_study(gate, admin, study, "mis-filed")
+    assert again() == "imported"  # the cached series is gone: filed afresh
+    erase_patient(gate, admin, "FILED-1", "erasure request")
+    assert again() == "imported"  # a new patient row: not mistaken for another patient
+    with archive.catalog.session() as session:
+        owner = session.scalar(select(Study.patient_pk).where(Study.study_instance_uid == study))
+        assert owner == session.scalar(select(Patient.id).where(Patient.patient_id == "FILED-1"))
+    gate.close()
+
+
+def test_the_duplicate_check_hashes_the_whole_stream_wherever_it_stands() -> None:
+    from medshard.ingest.pipeline import file_sha256
+
+    stream = io.BytesIO(b"x" * 3_000_000)
+    stream.read()  # e.g. after a write that failed on a concurrent duplicate
+    assert file_sha256(stream) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert stream.tell() == 0

@@ -182,8 +182,9 @@ class AuditLog:
         if not events:
             return
         key = self.chain_key(session)
-        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
-        seq, prev = session.execute(
+        conn = session.connection()  # Core: the ORM execute layer costs ~0.3 ms a statement
+        conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+        seq, prev = conn.execute(
             select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
         ).one()
         rows = []
@@ -192,8 +193,8 @@ class AuditLog:
             row = self._row(session, event, seq, prev)
             row["hash"] = prev = chain_hash(key, row)
             rows.append(row)
-        session.execute(AuditEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
-        session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        conn.execute(AuditEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
+        conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
 
     def _row(self, session: Session, event: Event, seq: int, prev: str) -> dict[str, Any]:
         tag = sealed = None

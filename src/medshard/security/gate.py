@@ -312,9 +312,10 @@ def _involve(session: Session, table: type[CareSite] | type[CareTeamDoctor], **k
     """Record involvement in a care team now: refresh the row's time, or add the row."""
     now = utcnow()
     where = [getattr(table, column) == value for column, value in key.items()]
-    done = session.execute(update(table).where(*where).values(last_involved_at=now))
-    if not done.rowcount:  # type: ignore[attr-defined]
-        session.execute(insert(table).values(**key, since=now, last_involved_at=now))
+    conn = session.connection()  # Core, as on the rest of the write path
+    done = conn.execute(update(table).where(*where).values(last_involved_at=now))
+    if not done.rowcount:
+        conn.execute(insert(table).values(**key, since=now, last_involved_at=now))
 
 
 def expiry(days: float = 0, minutes: float = 0) -> datetime:
