@@ -475,6 +475,19 @@ def bench_catalog(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("striping")
+def bench_striping(
+    as_json: JsonOpt = False,
+    size_mb: Annotated[int, typer.Option("--size-mb", help="Object size")] = 1024,
+    nodes: Annotated[int, typer.Option(help="Storage nodes of the striped cluster")] = 4,
+) -> None:
+    """Read rate of one large object striped over nodes vs held by one node."""
+    from medshard.bench.striping import run_striping_bench
+
+    result = run_striping_bench(size_mb=size_mb, nodes=nodes)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 @bench_app.command("dicomweb")
 def bench_dicomweb(
     as_json: JsonOpt = False,

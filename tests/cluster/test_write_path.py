@@ -209,3 +209,30 @@ def test_the_duplicate_check_hashes_the_whole_stream_wherever_it_stands() -> Non
     stream.read()  # e.g. after a write that failed on a concurrent duplicate
     assert file_sha256(stream) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
     assert stream.tell() == 0
+
+
+def test_a_large_object_is_striped_over_the_nodes_and_reads_back_whole(tmp_path: Path) -> None:
+    dep = make_deployment(tmp_path, node_count=4)
+    try:
+        settings = dataclasses.replace(dep.settings, chunk_size=CHUNK)
+        with Archive(settings) as opened:
+            data = os.urandom(32 * CHUNK + 123)
+            put = opened.put_object(PatientValues("STRIPED"), io.BytesIO(data), _link_study)
+            with opened.catalog.session() as session:
+                rows = session.execute(
+                    select(Chunk.idx, Replica.node_pk)
+                    .join(Replica, Replica.chunk_pk == Chunk.id)
+                    .where(Chunk.object_pk == put.object_pk)
+                ).all()
+            sets: dict[int, set[int]] = {}
+            for idx, node_pk in rows:
+                sets.setdefault(idx, set()).add(node_pk)
+            assert len(sets) == 33 and all(len(nodes) == 3 for nodes in sets.values())
+            assert len({frozenset(nodes) for nodes in sets.values()}) > 1  # not one replica set
+            assert opened.store.read_all(archive_key(opened, put.object_pk)) == data
+            reader = opened.store.read(archive_key(opened, put.object_pk))
+            assert next(reader) == data[:CHUNK]
+            reader.close()  # a reader that stops early cancels its read-ahead
+    finally:
+        for proc in dep.nodes:
+            proc.stop()

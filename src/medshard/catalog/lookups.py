@@ -20,3 +20,8 @@ def thumbnail_key_of(session: Session, instance_pk: int) -> str | None:
         .join(Instance, Instance.thumbnail_object_pk == StoredObject.id)
         .where(Instance.id == instance_pk)
     )
+
+
+def object_key_of(session: Session, object_pk: int) -> str | None:
+    """The key under which an object's chunks are sealed and read."""
+    return session.scalar(select(StoredObject.object_key).where(StoredObject.id == object_pk))

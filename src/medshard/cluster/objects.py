@@ -15,9 +15,11 @@ is hash-verified before it is decrypted. A corrupt or missing copy is marked in 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -52,6 +54,9 @@ from medshard.storage.envelope import (
 from medshard.storage.keys import KeyProvider, key_provider_for
 
 log = logging.getLogger(__name__)
+
+#: Chunks of one object fetched at once when it is read (each up to ``chunk_size`` bytes).
+READ_AHEAD = 4
 
 
 def shard_of(patient_id: str, shards: int) -> int:
@@ -169,11 +174,19 @@ class ObjectStore:
         cipher = ChunkCipher(data_key, object_key)
         chunk_size = self.settings.chunk_size
         k, quorum = self.settings.replicas, self.settings.write_quorum
-        targets = self.placement.place(object_key, self.pool.views(), k, care_sites=care_sites)
-        if len(targets) < quorum:
-            raise NoQuorumError(
-                f"only {len(targets)} live storage node(s) for a write quorum of {quorum}"
-            )
+        views = self.pool.views()
+
+        def targets_of(idx: int) -> list[str]:
+            """Each chunk its own replica set: a large object is striped over the nodes."""
+            key = object_key if idx == 0 else f"{object_key}/{idx}"
+            targets = self.placement.place(key, views, k, care_sites=care_sites)
+            if len(targets) < quorum:
+                raise NoQuorumError(
+                    f"only {len(targets)} live storage node(s) for a write quorum of {quorum}"
+                )
+            return targets
+
+        targets_of(0)  # no node for a quorum: refuse before reading anything
         result = WrittenObject(
             object_key=object_key,
             size=0,
@@ -192,7 +205,7 @@ class ObjectStore:
                 cid = chunk_id_of(sealed)
                 futures = [
                     (name, self.pool.executor.submit(self._put, name, cid, sealed))
-                    for name in targets
+                    for name in targets_of(idx)
                 ]
                 pending.append((idx, cid, len(sealed), futures))
                 while len(pending) > 1:  # at most two chunks in flight per object
@@ -303,8 +316,8 @@ class ObjectStore:
         cipher = ChunkCipher(data_key, object_key)
         digest = hashlib.sha256()
         start = time.perf_counter()
-        for chunk in obj.chunks:
-            plain = cipher.open(chunk.idx, self.fetch_verified(chunk))
+        for idx, sealed in self._fetch_ahead(obj.chunks):
+            plain = cipher.open(idx, sealed)
             digest.update(plain)
             yield plain
         if digest.hexdigest() != obj.sha256:
@@ -312,6 +325,29 @@ class ObjectStore:
         metrics.STORE_READ_SECONDS.observe(time.perf_counter() - start)
         metrics.STORE_READ_BYTES.inc(obj.size)
         metrics.READ_TOTAL.labels(obj.kind).inc()
+
+    def _fetch_ahead(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, bytes]]:
+        """Chunks in order, up to ``READ_AHEAD`` fetched at once from their (striped) nodes,
+        so one large object reads faster than one node can serve it."""
+        if len(chunks) == 1:
+            yield chunks[0].idx, self.fetch_verified(chunks[0])
+            return
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+        upcoming = iter(chunks)
+        try:
+            for chunk in itertools.islice(upcoming, READ_AHEAD):
+                pending.append((chunk.idx, self.pool.executor.submit(self.fetch_verified, chunk)))
+            while pending:
+                idx, fetched = pending.popleft()
+                data = fetched.result()
+                following = next(upcoming, None)
+                if following is not None:
+                    job = self.pool.executor.submit(self.fetch_verified, following)
+                    pending.append((following.idx, job))
+                yield idx, data
+        finally:
+            for _idx, fetched in pending:  # a reader that stops early leaves nothing running
+                fetched.cancel()
 
     def read_all(self, object_key: str) -> bytes:
         return b"".join(self.read(object_key))
