@@ -200,6 +200,7 @@ def _chest_xrays(home: Path) -> list[Path]:
 
 def _print_banner(info: dict[str, Any]) -> None:
     print("medshard demo is running (Ctrl-C to stop)")
+    print(f"  web UI:          {info['api_url']}/  (log in as one of the users below)")
     print(f"  API:             {info['api_url']}")
     print(f"  cluster status:  {info['api_url']}/api/status")
     print(f"  DICOMweb:        {info['dicomweb_url']}")

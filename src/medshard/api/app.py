@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from medshard import __version__
+from medshard.api import web
 from medshard.api.auth import authenticate
 from medshard.api.dicomweb import (
     routes_qido,
@@ -74,4 +75,5 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
     app.include_router(routes_wado.router)
     app.include_router(routes_rendered.router)
     app.include_router(routes_wado_uri.router)
+    web.install(app)
     return app

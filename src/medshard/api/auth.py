@@ -1,12 +1,13 @@
 """Authentication of every HTTP request, in one app-wide dependency.
 
 The dependency runs before every route. Paths in :data:`PUBLIC` need no token (liveness,
-the token endpoint itself, the OpenAPI document, Prometheus metrics, which carry no patient
-data); every other request must carry ``Authorization: Bearer <token>`` and gets 401
-otherwise. The authenticated caller is set in the request's context
-(:mod:`medshard.security.context`), where the data-access functions look for it and fail
-closed: a route added tomorrow cannot forget authentication, because without a caller it
-cannot read patient data at all.
+the token endpoint itself, the OpenAPI document, Prometheus metrics, the browser UI's one
+page, which carry no patient data; the UI's hashed scripts are a static mount under
+``/assets``, see :mod:`medshard.api.web`); every other request must carry
+``Authorization: Bearer <token>`` and gets 401 otherwise. The authenticated caller is set
+in the request's context (:mod:`medshard.security.context`), where the data-access
+functions look for it and fail closed: a route added tomorrow cannot forget
+authentication, because without a caller it cannot read patient data at all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ PUBLIC: Final = frozenset(
         "/docs",
         "/docs/oauth2-redirect",
         "/redoc",
+        "/",  # the web UI's page (medshard.api.web): the same static HTML for everyone
+        "/index.html",
     }
 )
 #: Declares the scheme in the OpenAPI document (so Swagger UI and schemathesis can log in).
