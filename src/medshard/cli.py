@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
 from medshard.config import load_settings, resolve_home
+from medshard.console import err, out, progress_bar
 from medshard.errors import MedshardError, NotFoundError
 
 if TYPE_CHECKING:
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="medshard: regional medical image archive", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print JSON figures", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="Deployment home (default: $MEDSHARD_HOME)")
@@ -48,18 +45,6 @@ TokenOpt = Annotated[
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal and os.environ.get("MEDSHARD_PROGRESS") != "1",
-    )
 
 
 @app.command()
@@ -142,6 +127,7 @@ def import_(
     token: TokenOpt = None,
 ) -> None:
     """Import DICOM files and folders as the token's account (attributed to its site)."""
+    from medshard.api.ingestors import analysed_ingestor
     from medshard.cluster.archive import Archive
     from medshard.ingest.batch import import_files
     from medshard.security.local import store_access_for, token_caller
@@ -158,6 +144,7 @@ def import_(
             archive,
             paths,
             access=store_access_for(token or ""),
+            make_ingestor=analysed_ingestor,
             workers=workers,
             processes=processes,
             on_total=lambda n: bar.update(task, total=n),

@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 
+from medshard.api.ingestors import analysed_ingestor
 from medshard.cluster.archive import Archive
 from medshard.ingest.batch import ImportReport, import_files, iter_files
 from medshard.security import careteam, identity, tokens
@@ -58,7 +59,12 @@ def create_cast(home: Path, sites: list[str], samples: list[Path]) -> Cast:
     if saved.exists():  # a demo home run before: same cast, samples come in as duplicates
         cast = Cast(**json.loads(saved.read_text()))
         with Archive.open(home) as archive:
-            cast.report = import_files(archive, samples, access=store_access_for(cast.token))
+            cast.report = import_files(
+                archive,
+                samples,
+                access=store_access_for(cast.token),
+                make_ingestor=analysed_ingestor,
+            )
         return cast
     cast = _new_cast(home, sites, samples)
     saved.touch(mode=0o600)
@@ -113,6 +119,7 @@ def _new_cast(home: Path, sites: list[str], samples: list[Path]) -> Cast:
                 archive,
                 [p for pid in pids for p in groups[pid]],
                 access=store_access_for(token),
+                make_ingestor=analysed_ingestor,
             )
             for pids, token in ((mine, cast.token), (theirs, other_token))
         ]

@@ -456,6 +456,6 @@ def test_import_refuses_hostile_files_and_zeroes_a_polyglot_preamble(
     # The pipeline's outcome carries the note that import and STOW-RS report.
     other = hostile.with_preamble(hostile.valid_file(), b"#!/bin/sh\nrm -rf /\n".ljust(128, b" "))
     with Archive.open(dep.home) as archive:
-        outcome = Ingestor(archive, analysis=False).ingest_stream(io.BytesIO(other), "probe")
+        outcome = Ingestor(archive).ingest_stream(io.BytesIO(other), "probe")
     assert outcome.status == "imported"
     assert "script interpreter" in outcome.note and "zeroed" in outcome.note

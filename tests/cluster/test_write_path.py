@@ -144,9 +144,7 @@ def test_an_import_refused_for_want_of_nodes_leaves_no_patient_study_or_series(
     for node in three_nodes.nodes[1:]:
         node.kill()
     ds = hostile.image(patient="NO-NODES")
-    outcome = Ingestor(archive, analysis=False).ingest_stream(
-        io.BytesIO(hostile.encode(ds)), "no-nodes.dcm"
-    )
+    outcome = Ingestor(archive).ingest_stream(io.BytesIO(hostile.encode(ds)), "no-nodes.dcm")
     assert outcome.status == "rejected" and outcome.code == Rejection.STORAGE, outcome
     with archive.catalog.session() as session:
         assert session.scalar(select(Patient).where(Patient.patient_id == "NO-NODES")) is None
@@ -158,7 +156,7 @@ def test_an_import_refused_for_want_of_nodes_leaves_no_patient_study_or_series(
 def test_a_refused_identity_undoes_the_written_bytes(
     three_nodes: Deployment, archive: Archive
 ) -> None:
-    ingestor = Ingestor(archive, analysis=False)
+    ingestor = Ingestor(archive)
     first = hostile.image(patient="OWNER")
     assert ingestor.ingest_stream(io.BytesIO(hostile.encode(first)), "a.dcm").status == "imported"
     held = {n.name: _held_by(three_nodes, n.name) for n in three_nodes.nodes}
@@ -179,7 +177,7 @@ def test_a_study_deleted_or_a_patient_erased_meanwhile_is_filed_afresh(
     from medshard.security.gate import Gate
     from medshard.security.principal import system_principal
 
-    ingestor, gate, admin = Ingestor(archive, analysis=False), Gate(archive), system_principal("t")
+    ingestor, gate, admin = Ingestor(archive), Gate(archive), system_principal("t")
     first = hostile.image(patient="FILED-1")
     study, series = first.StudyInstanceUID, first.SeriesInstanceUID
 

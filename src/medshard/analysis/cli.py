@@ -183,8 +183,8 @@ def analyze_cmd(
     """Run models over stored images shard by shard, skipping what the same weights did."""
     from medshard.analysis.batch import Scope, run_batch
     from medshard.analysis.executors import make_executor
-    from medshard.cli import progress_bar
     from medshard.cluster.archive import Archive
+    from medshard.console import progress_bar
 
     scope = Scope(shard=shard, study=study, everything=everything)
     try:

@@ -111,7 +111,7 @@ class Analyser:
         self.archive = archive
         self.models = models or ModelCache()
         # SRs are stored without the analysis hook: they must never be analysed themselves.
-        self.ingestor = Ingestor(archive, analysis=False)
+        self.ingestor = Ingestor(archive)
         #: Runs in each SR's commit: the security layer's audit of the archive's own writes.
         self.on_commit = on_commit
 

@@ -182,7 +182,7 @@ def _measure(
         principals = {s: principal_of(session, get_user(session, f"pacs-{s}")) for s in SITES}
         doctor = principal_of(session, get_user(session, "dr-bench"))
     hooks = {site: gate.store_hook(p) for site, p in principals.items()}
-    ingestor = Ingestor(archive, analysis=False)
+    ingestor = Ingestor(archive)
     done, failed = [0], [0]
     marks: list[tuple[int, float]] = []
     lock = threading.Lock()

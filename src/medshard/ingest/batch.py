@@ -23,6 +23,9 @@ ImportReport = dict[str, list[dict[str, str]]]
 #: Given an archive, the site imports are attributed to and the per-instance commit hook
 #: (authorization and audit, from the security layer). Picklable: importer processes get it.
 StoreAccess = Callable[[Archive], tuple[int | None, CommitHook | None]]
+#: Makes the ingestor each importer uses (picklable: importer processes get it), e.g. one that
+#: also enqueues analysis.
+IngestorFactory = Callable[[Archive], Ingestor]
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:
@@ -55,6 +58,7 @@ def import_files(
     processes: int = 1,
     on_total: Callable[[int], Any] | None = None,
     on_done: Callable[[IngestOutcome], Any] | None = None,
+    make_ingestor: IngestorFactory = Ingestor,
 ) -> ImportReport:
     """Ingest every file under ``paths``; the report has imported, duplicates, rejected."""
     results = [
@@ -67,14 +71,16 @@ def import_files(
         on_total(len(files))
     threads = workers or archive.settings.import_workers
     if processes > 1 and len(files) > BATCH_FILES:
-        outcomes = _in_processes(archive.settings.home, files, processes, threads, access)
+        outcomes = _in_processes(
+            archive.settings.home, files, processes, threads, access, make_ingestor
+        )
         for outcome in outcomes:
             results.append(outcome)
             if on_done:
                 on_done(outcome)
         return report_of(results)
     site, hook = access(archive)
-    one = _ingest_one(Ingestor(archive), site, hook)
+    one = _ingest_one(make_ingestor(archive), site, hook)
     with ThreadPoolExecutor(threads) as pool:
         for outcome in pool.map(one, files):
             results.append(outcome)
@@ -90,11 +96,13 @@ _worker_one: Callable[[Path], IngestOutcome] | None = None
 _worker_threads: ThreadPoolExecutor | None = None
 
 
-def _start_worker(home: str, threads: int, access: StoreAccess) -> None:
+def _start_worker(
+    home: str, threads: int, access: StoreAccess, make_ingestor: IngestorFactory
+) -> None:
     global _worker_one, _worker_threads
     archive = Archive.open(home)
     site, hook = access(archive)
-    _worker_one = _ingest_one(Ingestor(archive), site, hook)
+    _worker_one = _ingest_one(make_ingestor(archive), site, hook)
     _worker_threads = ThreadPoolExecutor(threads)
 
 
@@ -104,14 +112,19 @@ def _import_batch(batch: list[Path]) -> list[IngestOutcome]:
 
 
 def _in_processes(
-    home: Path, files: list[Path], processes: int, threads: int, access: StoreAccess
+    home: Path,
+    files: list[Path],
+    processes: int,
+    threads: int,
+    access: StoreAccess,
+    make_ingestor: IngestorFactory,
 ) -> Iterable[IngestOutcome]:
     batches = [files[i : i + BATCH_FILES] for i in range(0, len(files), BATCH_FILES)]
     with ProcessPoolExecutor(
         processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(str(home), threads, access),
+        initargs=(str(home), threads, access, make_ingestor),
     ) as pool:
         for outcomes in pool.map(_import_batch, batches):
             yield from outcomes
@@ -136,8 +149,3 @@ def report_of(results: list[IngestOutcome]) -> ImportReport:
         else:
             report["rejected"].append({"path": r.path, "reason": r.reason})
     return report
-
-
-def import_paths(home: Path, paths: list[Path], access: StoreAccess) -> ImportReport:
-    with Archive.open(home) as archive:
-        return import_files(archive, paths, access=access)

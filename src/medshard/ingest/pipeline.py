@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -75,20 +75,6 @@ class IngestOutcome:
         return {k: v for k, v in asdict(self).items() if v or k in ("path",)}
 
 
-def attach_analysis(ingestor: Ingestor) -> None:
-    """Enqueue analysis on ingest (every source: import, STOW-RS, C-STORE) when the analysis
-    extra is installed; the queue itself applies the configured rules. Idempotent."""
-    if ingestor.analysis_attached:
-        return
-    ingestor.analysis_attached = True
-    try:
-        from medshard.analysis.queue import attach_to_ingestor
-    except ImportError:  # medshard[ai] not installed: ingest works, nothing is analysed
-        log.debug("analysis extra not installed; ingest without analysis")
-        return
-    attach_to_ingestor(ingestor)
-
-
 def file_sha256(fh: BinaryIO) -> str:
     """The SHA-256 of the whole stream (from its start, wherever it stands); rewinds it."""
     fh.seek(0)
@@ -105,12 +91,11 @@ class Ingestor:
     #: Entries of the filed-rows cache before it is emptied (bounded memory).
     FILED_LIMIT = 100_000
 
-    def __init__(self, archive: Archive, *, analysis: bool = True) -> None:
+    def __init__(self, archive: Archive, *, hooks: Sequence[InstanceHook] = ()) -> None:
         self.archive = archive
-        self.hooks: list[InstanceHook] = []
-        self.analysis_attached = False
-        if analysis:
-            attach_analysis(self)
+        #: Run in every instance's commit; the application layer adds analysis here
+        #: (:func:`medshard.api.ingestors.analysed_ingestor`), so ingest never imports analysis.
+        self.hooks: list[InstanceHook] = list(hooks)
         # (study UID, patient pk) and (series UID, study pk) -> pk, for rows seen committed:
         # four statements per instance fewer. Only agreement is cached; a refusal is always
         # decided by the catalog, and a row deleted since (a mis-filed study) fails its

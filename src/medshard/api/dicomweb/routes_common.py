@@ -29,6 +29,7 @@ from medshard.api.dicomweb.multipart import (
 )
 from medshard.api.dicomweb.retrieve import UNCOMPRESSED
 from medshard.api.errors import NotAcceptableError
+from medshard.api.ingestors import analysed_ingestor
 from medshard.errors import InvalidInputError
 from medshard.ingest.pipeline import Ingestor
 from medshard.ingest.render import RenderCache
@@ -185,7 +186,7 @@ async def get_ingestor(request: Request) -> Ingestor:
     caches and group commits serve every STOW-RS request."""
     state = request.app.state
     if getattr(state, "dicomweb_ingestor", None) is None:
-        state.dicomweb_ingestor = Ingestor(get_archive(request))
+        state.dicomweb_ingestor = analysed_ingestor(get_archive(request))
     found: Ingestor = state.dicomweb_ingestor
     return found
 

@@ -70,6 +70,7 @@ from medshard.api.dimse.handlers import (
 )
 from medshard.api.dimse.query import PATIENT_ROOT, STUDY_ROOT
 from medshard.api.dimse.retrieve import install_passthrough
+from medshard.api.ingestors import analysed_ingestor
 from medshard.cluster.archive import Archive
 from medshard.config import Settings
 from medshard.errors import ConfigError
@@ -303,7 +304,7 @@ class DimseServer:
         self.host = host or settings.api_host
         self.port = settings.dimse_port if port is None else port
         self.ae_title = settings.dimse_ae_title
-        self.ingestor = ingestor or Ingestor(archive)
+        self.ingestor = ingestor or analysed_ingestor(archive)
         self.gate = gate or Gate(archive)
         self._own_gate = gate is None
         self.ae = build_ae(settings)
