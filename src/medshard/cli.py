@@ -475,6 +475,22 @@ def bench_striping(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("dimse")
+def bench_dimse(
+    as_json: JsonOpt = False,
+    input_dir: Annotated[
+        Path | None, typer.Option("--input", help="Folder of DICOM files (default: generated)")
+    ] = None,
+    instances: Annotated[int, typer.Option(help="Generated instances without --input")] = 196,
+    nodes: Annotated[int, typer.Option(help="Storage nodes")] = 4,
+) -> None:
+    """storescu (dcmtk) into medshard and Orthanc: one association, then four at once."""
+    from medshard.bench.dimse import run_dimse_bench
+
+    result = run_dimse_bench(input_dir=input_dir, instances=instances, nodes=nodes)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 @bench_app.command("dicomweb")
 def bench_dicomweb(
     as_json: JsonOpt = False,
