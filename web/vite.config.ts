@@ -83,6 +83,7 @@ export default defineConfig({
     proxy: {
       '/api': 'http://127.0.0.1:8080',
       '/dicom-web': 'http://127.0.0.1:8080',
+      '/ohif': 'http://127.0.0.1:8080', // OHIF, as built into the service's bundle
     },
   },
 });

@@ -211,6 +211,8 @@ export async function render(root: HTMLElement, [study]: string[]): Promise<Clea
             ? h('a', { class: 'btn btn-small btn-quiet', href: `#/patients/${encodeURIComponent(info.patientId)}` }, 'Patient timeline')
             : null,
           who?.role === 'doctor' ? h('button', { type: 'button', class: 'btn btn-small btn-quiet', onclick: () => openShareDialog(study) }, 'Share…') : null,
+          // OHIF (served by medshard at /ohif/) in this tab, so it finds this tab's session
+          h('a', { class: 'btn btn-small btn-quiet', href: `/ohif/viewer?StudyInstanceUIDs=${encodeURIComponent(study)}`, 'data-testid': 'open-ohif' }, 'Open in OHIF'),
         ),
       ),
       h('aside', { class: 'viewer-series' }, h('h2', { class: 'visually-hidden' }, 'Series'), seriesList),
