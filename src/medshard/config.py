@@ -30,6 +30,11 @@ class AnalysisRule:
     model: str = "pneumonia"
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
     body_parts: list[str] = field(default_factory=lambda: ["CHEST", ""])
+    #: Expected share of positive findings among the images this rule sends to the model (the
+    #: class prior its probabilities are adjusted to); 0 = the prior documented in the model
+    #: card. ``site_priors`` overrides it for images from a named source site.
+    prior: float = 0.0
+    site_priors: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,6 +139,10 @@ class Settings:
             raise ConfigError("chunk_size must be at least 4096 bytes")
         if self.shards < 1:
             raise ConfigError("shards must be at least 1")
+        for rule in self.analysis_rules:
+            for prior in (rule.prior, *rule.site_priors.values()):
+                if not 0.0 <= float(prior) < 1.0:
+                    raise ConfigError(f"analysis prior {prior} of {rule.model} is not in [0, 1)")
 
     def save(self) -> None:
         """Write the settings back to ``medshard.toml`` in the home."""

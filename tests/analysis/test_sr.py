@@ -79,3 +79,30 @@ def test_structured_reports_are_recognised_by_class_or_modality() -> None:
     assert is_structured_report("1.2.840.10008.5.1.4.1.1.88.34")
     assert is_structured_report("1.2.3", "SR")
     assert not is_structured_report("1.2.840.10008.5.1.4.1.1.1", "CR")
+
+
+def test_sr_of_a_calibrated_model_says_what_the_probability_means(
+    demo_ds: pydicom.Dataset,
+) -> None:
+    sr = build_finding_sr(
+        demo_ds,
+        model_id="pneumonia:c289dce4ce4f",
+        model_sha256=SHA,
+        probability=0.83,
+        threshold=0.61,
+        prior=0.74,
+        operating_point="maximum balanced accuracy",
+        calibrated=True,
+    )
+    codes = _codes(pydicom.dcmread(io.BytesIO(sr_bytes(sr))))
+    assert any(
+        n == "Calibrated probability of pneumonia" and float(v) == pytest.approx(0.83)
+        for n, v in codes
+    )
+    assert not any(n == "Probability of pneumonia" for n, _v in codes)
+    assert ("Measurement Method", "Platt-calibrated, adjusted to prior 0.74") in codes
+    assert ("Measurement Method", "Operating point: maximum balanced accuracy") in codes
+    assert any(
+        n == "Assumed prevalence of pneumonia" and float(v) == pytest.approx(0.74) for n, v in codes
+    )
+    assert ("Pneumonia", "Present") in codes

@@ -11,7 +11,7 @@ side, an image the model never meets in practice.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -33,6 +33,30 @@ class AugmentSettings:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the model card."""
         return asdict(self)
+
+    def spec(self) -> str:
+        """``name=value,...`` of the fields that differ from the defaults (for ``--augment``)."""
+        default = AugmentSettings()
+        return ",".join(
+            f"{f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        )
+
+    @classmethod
+    def parse(cls, spec: str) -> AugmentSettings:
+        """Settings from ``name=value,...`` (unnamed fields keep their defaults).
+
+        Raises ValueError on unknown names or non-numeric values, for the CLI to report.
+        """
+        known = {f.name for f in fields(cls)}
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in known:
+                raise ValueError(f"unknown augmentation setting {part!r}; known: {sorted(known)}")
+            values[key.strip()] = float(value)
+        return cls(**values)
 
 
 def augment_batch(

@@ -1,8 +1,10 @@
 """``medshard ai``: train, evaluate and run the chest radiograph models.
 
-``train``/``eval`` build and measure model packages; ``worker`` serves the durable analysis
-queue that ingest fills (for deployments without ``medshard serve``, or to add capacity);
-``analyze`` runs a model over stored images in batch, locally or on Ray.
+``train`` cross-validates and builds model packages; ``eval`` reports their expected
+performance (cross-validated, with intervals), calibration error and latency; ``worker``
+serves the durable analysis queue that ingest fills (for deployments without ``medshard
+serve``, or to add capacity); ``analyze`` runs a model over stored images in batch, locally
+or on Ray.
 
 The sub-app is mounted by the main CLI as ``medshard ai``; it also runs on its own as
 ``python -m medshard.analysis.cli``. torch is imported inside the commands so that building
@@ -44,28 +46,51 @@ def train_cmd(
         None, "--data", help="MedMNIST-style .npz with train and val splits [default: bundled]"
     ),
     out: Path = typer.Option(..., "--out", help="Model package directory to write"),
-    epochs: int = typer.Option(25, "--epochs", min=1, help="Epochs per ensemble member"),
+    epochs: int = typer.Option(15, "--epochs", min=1, help="Epochs per ensemble member"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     seed: int = typer.Option(0, "--seed", help="Seed of all randomness"),
-    members: int = typer.Option(3, "--members", min=1, help="Ensemble members (seeds)"),
+    members: int = typer.Option(
+        3, "--members", min=1, help="Most ensemble members; cross-validation picks how many"
+    ),
     batch_size: int = typer.Option(128, "--batch-size", min=1),
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (one-cycle)"),
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
     channels: str = typer.Option("16,32,64", "--channels", help="Channels per CNN stage"),
     dropout: float = typer.Option(0.2, "--dropout"),
-    threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads (fixed)"),
-    limit: int | None = typer.Option(None, "--limit", help="Use only ~N train images (stratified)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (fixed)"),
+    limit: int | None = typer.Option(None, "--limit", help="Use only ~N images (stratified)"),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable augmentation"),
+    augment: str = typer.Option(
+        "", "--augment", help="Augmentation ranges, e.g. rotate_deg=15,shift_px=3"
+    ),
+    folds: int = typer.Option(5, "--folds", min=0, help="CV folds (0: no estimate, tests)"),
+    cal_fraction: float = typer.Option(
+        0.2, "--cal-fraction", help="Share held out for calibration and the threshold"
+    ),
+    prior: float = typer.Option(
+        0.74, "--prior", help="Documented default share of pneumonia in deployment"
+    ),
+    min_sensitivity: float | None = typer.Option(
+        None,
+        "--min-sensitivity",
+        help="Operating point: highest threshold keeping this sensitivity "
+        "[default: maximum balanced accuracy]",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar"),
 ) -> None:
-    """Train a model package: weights, hash, model card and figures."""
+    """Cross-validate and train a model package: weights, hash, model card and figures."""
     from medshard.analysis.augment import AugmentSettings
+    from medshard.analysis.cv import MAX_BALANCED_ACCURACY, MIN_SENSITIVITY
     from medshard.analysis.train import TrainConfig, train
 
     try:
         chans = tuple(int(c) for c in channels.split(",") if c.strip())
     except ValueError:
         raise typer.BadParameter("--channels must be comma-separated integers") from None
+    try:
+        settings = AugmentSettings.parse(augment)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"--augment: {exc}") from None
     cfg = TrainConfig(
         data=data or sample_npz_path(),
         out=out,
@@ -80,12 +105,21 @@ def train_cmd(
         device=device,
         threads=threads,
         train_limit=limit,
-        augment=None if no_augment else AugmentSettings(),
+        augment=None if no_augment else settings,
+        folds=folds,
+        cal_fraction=cal_fraction,
+        prior=prior,
+        operating_point=MAX_BALANCED_ACCURACY if min_sensitivity is None else MIN_SENSITIVITY,
+        min_sensitivity=min_sensitivity or 0.0,
     )
     try:
         train(cfg, console=_err, quiet=quiet)
     except MedshardError as exc:
         raise _fail(exc) from exc
+
+
+#: Metrics of the CV estimate copied to the top level of ``ai eval --json``.
+_TOP = ("accuracy", "auc", "precision", "recall", "f1", "balanced_accuracy", "specificity")
 
 
 @ai_app.command("eval")
@@ -94,23 +128,92 @@ def eval_cmd(
     data: Path | None = typer.Option(
         None, "--data", help="MedMNIST-style .npz [default: bundled PneumoniaMNIST]"
     ),
-    split: str = typer.Option("test", "--split", help="Split to evaluate (train, val, test)"),
+    split: str | None = typer.Option(
+        None, "--split", help="Also evaluate on this split (train, val, test)"
+    ),
+    prior: float | None = typer.Option(
+        None, "--prior", help="Share of pneumonia for --split probabilities [default: card]"
+    ),
+    latency_runs: int = typer.Option(
+        300, "--latency-runs", min=0, help="Timed single-image runs (0: skip latency)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
-    """Metrics of a model at its threshold on one split, with 95% bootstrap intervals."""
+    """Expected performance: cross-validated figures with 95% intervals (recomputed from the
+    package's out-of-fold predictions), calibration error and single-image latency from DICOM
+    bytes; with --split, also the figures on that split."""
+    from medshard.analysis.cv import package_estimate
     from medshard.analysis.evaluate import evaluate_model
     from medshard.analysis.model import load_model
+    from medshard.bench.ai import single_image_latency, synthesized_cr_bytes
 
     try:
         loaded = load_model(model, device=device)
-        result = evaluate_model(loaded, data or sample_npz_path(), split)
+        data_path = data or sample_npz_path()
+        result: dict[str, Any] = {
+            "model_id": loaded.model_id,
+            "model_sha256": loaded.sha256,
+            "calibrated": loaded.calibrated,
+            "threshold": loaded.threshold,
+            "prior": loaded.prior,
+            "operating_point": loaded.card.get("operating_point"),
+        }
+        cv = None
+        if loaded.card.get("expected_performance"):
+            cv = package_estimate(loaded.path, loaded.card, data_path)
+            result["cross_validation"] = cv
+            for key in _TOP:
+                result[key] = cv["metrics"][key]
+                result[f"{key}_ci95"] = cv["ci95"][key]
+            result["ece"] = cv["calibration"]["ece_calibrated"]
+            result["ece_ci95"] = cv["calibration"]["ece_calibrated_ci95"]
+            result["ece_at_deployment_prior"] = cv["calibration"]["ece_at_deployment_prior"]
+            result["n"] = cv["n"]
+            result["confusion_matrix"] = cv["confusion_matrix"]
+        if split is not None:
+            result["split"] = evaluate_model(loaded, data_path, split, prior=prior)
+        if latency_runs:
+            result["latency_ms"] = single_image_latency(
+                loaded, synthesized_cr_bytes(16), runs=latency_runs
+            )
     except MedshardError as exc:
         raise _fail(exc) from exc
     if as_json:
         typer.echo(json.dumps(_json_safe(result)))
         return
-    Console().print(_table(result))
+    console = Console()
+    if cv is not None:
+        console.print(_cv_table(result))
+    if split is not None:
+        console.print(_table(result["split"]))
+    if "latency_ms" in result:
+        lat = result["latency_ms"]
+        console.print(
+            f"single-image latency from DICOM bytes: p50 {lat['p50']:.2f} ms, "
+            f"p90 {lat['p90']:.2f} ms ({lat['runs']} runs)"
+        )
+
+
+def _cv_table(r: dict[str, Any]) -> Table:
+    """Readable summary of the cross-validated estimate."""
+    cv = r["cross_validation"]
+    title = (
+        f"{r['model_id']}: {cv['folds']}-fold cross-validation, n={cv['n']} "
+        f"(operating point: {r['operating_point']['name']})"
+    )
+    table = Table(title=escape(title))
+    table.add_column("metric")
+    table.add_column("estimate", justify="right")
+    table.add_column("95% CI", justify="right")
+    for key in _TOP:
+        lo, hi = r[f"{key}_ci95"]
+        table.add_row(key, f"{r[key]:.4f}", f"{lo:.4f}-{hi:.4f}")
+    lo, hi = r["ece_ci95"]
+    table.add_row("ECE (15 bins)", f"{r['ece']:.4f}", f"{lo:.4f}-{hi:.4f}")
+    table.add_row(f"ECE at prior {r['prior']}", f"{r['ece_at_deployment_prior']:.4f}", "")
+    table.add_row("threshold at prior", f"{r['threshold']:.4f}", "")
+    return table
 
 
 @ai_app.command("worker")
@@ -236,6 +339,8 @@ def _table(r: dict[str, Any]) -> Table:
     for key in ("precision", "recall", "f1", "sensitivity", "specificity"):
         table.add_row(key, f"{r[key]:.4f}", "")
     table.add_row("threshold", f"{r['threshold']:.4f}", "")
+    if r.get("ece") is not None:
+        table.add_row("ECE (15 bins)", f"{r['ece']:.4f}", "")
     (tn, fp), (fn, tp) = r["confusion_matrix"]
     table.add_row(
         escape("confusion [[tn, fp], [fn, tp]]"), escape(f"[[{tn}, {fp}], [{fn}, {tp}]]"), ""

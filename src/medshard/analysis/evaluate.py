@@ -148,25 +148,41 @@ def evaluate_model(
     *,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    prior: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a loaded model on one split of a MedMNIST-style ``.npz``.
+
+    The probabilities are the calibrated ones a worker stores (adjusted to ``prior``, default
+    the card's) and the calls are made at the operating point, so these are the figures a
+    deployment would see. A split the model was trained or calibrated on is flagged
+    (``seen_in_training``): its figures are not an estimate for new patients.
 
     Returns
     -------
     dict
-        Metrics at ``model.threshold`` plus provenance (model id and hash, data file hash and
-        split), JSON-serialisable.
+        Metrics at the operating point, calibration error on the split, provenance (model id
+        and hash, data file hash and split), JSON-serialisable.
     """
+    from medshard.analysis.calibration import reliability
+
     part = load_split(data, split)
-    scores = model.predict_proba(scale_uint8(part.images))
-    out = evaluate_scores(part.labels, scores, model.threshold, resamples=resamples, seed=seed)
+    used_prior = model.resolve_prior(prior)
+    threshold = model.threshold_at(used_prior)
+    scores = model.predict_proba(scale_uint8(part.images), used_prior)
+    out = evaluate_scores(part.labels, scores, threshold, resamples=resamples, seed=seed)
+    data_sha = file_sha256(Path(data))
+    trained_on = model.card.get("data", {})
     out.update(
         {
             "model_id": model.model_id,
             "model_sha256": model.sha256,
             "data": Path(data).name,
-            "data_sha256": file_sha256(Path(data)),
+            "data_sha256": data_sha,
             "split": split,
+            "prior": used_prior,
+            "calibrated": model.calibrated,
+            "ece": reliability(part.labels, scores)["ece"] if part.labels.size else None,
+            "seen_in_training": data_sha == trained_on.get("sha256") and split in trained_on,
         }
     )
     return out

@@ -10,7 +10,9 @@ commit together, so the API never shows a job "done" without its finding or the 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from medshard.analysis.package import read_card, resolve_model_dir
 from medshard.analysis.queue import DONE, FAILED, ClaimedJob, JobQueue, set_state
 from medshard.catalog.db import Catalog
 from medshard.catalog.models import AnalysisJob, Finding, Patient, Study, utcnow
-from medshard.errors import InvalidInputError
+from medshard.errors import AnalysisError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,12 @@ class FindingRecord:
     sr_sop_instance_uid: str = ""
     sr_series_instance_uid: str = ""
     created_at: datetime = field(default_factory=utcnow)
+    #: What ``probability`` means: the prior it is adjusted to, the operating point that set
+    #: ``threshold``, and whether it is calibrated. The SR states them; the catalog row keeps
+    #: probability and threshold, and the rest is recoverable from the model card by hash.
+    prior: float = 0.5
+    operating_point: str = ""
+    calibrated: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,10 @@ def existing_findings(session: Session, sops: list[str], model_sha256: str) -> s
     return found
 
 
+#: Fields of a finding that the catalog row stores.
+_COLUMNS = frozenset(c.name for c in Finding.__table__.columns) - {"id"}
+
+
 def _add_finding(session: Session, record: FindingRecord) -> None:
     """Insert unless a finding by the same weights exists (a retried or duplicated run)."""
     exists_already = session.scalar(
@@ -97,7 +110,7 @@ def _add_finding(session: Session, record: FindingRecord) -> None:
         )
     )
     if exists_already is None:
-        session.add(Finding(**asdict(record)))
+        session.add(Finding(**{k: v for k, v in asdict(record).items() if k in _COLUMNS}))
 
 
 def record_outcome(
@@ -204,8 +217,39 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat()
 
 
+@functools.lru_cache(maxsize=64)
+def _card_meaning(model: str, sha: str) -> tuple[str, float] | None:
+    """(operating point name, its log-likelihood-ratio cut-off) of the calibrated package that
+    made a finding, if the package installed under that name still has those weights."""
+    try:
+        card = read_card(resolve_model_dir(model))
+        if card.get("sha256") != sha or not card.get("calibration"):
+            return None
+        op = card["operating_point"]
+        return str(op["name"]), float(op["threshold_llr"])
+    except (AnalysisError, KeyError, TypeError, ValueError):
+        return None
+
+
+def meaning(f: Finding) -> dict[str, Any]:
+    """What a finding's probability and threshold mean, from the card of the weights that made
+    it: calibrated or not, the operating point, and the prior (recovered exactly from the stored
+    threshold, which is the operating point's cut-off at that prior)."""
+    known = _card_meaning(f.model, f.model_sha256)
+    if known is None or not 0.0 < f.threshold < 1.0:
+        return {"calibrated": None, "operating_point": None, "prior": None}
+    name, llr_cut = known
+    log_odds = math.log(f.threshold) - math.log1p(-f.threshold) - llr_cut
+    return {
+        "calibrated": True,
+        "operating_point": name,
+        "prior": round(1.0 / (1.0 + math.exp(-log_odds)), 6),
+    }
+
+
 def finding_json(f: Finding) -> dict[str, Any]:
-    """The API form of a finding, with the DICOMweb path of its SR."""
+    """The API form of a finding, with the DICOMweb path of its SR and what its probability
+    means (calibrated, for which prior, at which operating point)."""
     sr_url = (
         f"/dicom-web/studies/{f.study_instance_uid}/series/{f.sr_series_instance_uid}"
         f"/instances/{f.sr_sop_instance_uid}"
@@ -224,6 +268,7 @@ def finding_json(f: Finding) -> dict[str, Any]:
         "positive": bool(f.positive),
         "probability": f.probability,
         "threshold": f.threshold,
+        **meaning(f),
         "created_at": _iso(f.created_at),
         "sr_sop_instance_uid": f.sr_sop_instance_uid or None,
         "sr_series_instance_uid": f.sr_series_instance_uid or None,

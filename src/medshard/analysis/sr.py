@@ -8,6 +8,12 @@ as measurements and "pneumonia: present/absent" as a qualitative evaluation, the
 image, the evidence sequence and, when the image has what highdicom needs for it, the
 report's image library.
 
+A reader must know what the number means, so the SR says it: the probability is named
+"Calibrated probability of pneumonia" (or plain "Probability of pneumonia" for an uncalibrated
+model), its measurement method names the calibration and the prior it was adjusted to, the
+assumed prior is a measurement of its own, and the threshold's method names the operating
+point that set it (e.g. maximum balanced accuracy).
+
 UIDs are derived from the source image and the model's hash, so analysing the same image with
 the same weights again yields the same SR instance: a retried job or a re-run batch can never
 put a second SR in the study.
@@ -40,6 +46,15 @@ _NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 # use a local scheme; private coding scheme designators start with "99" (PS3.16 8.2).
 _PROBABILITY = hd.sr.CodedConcept("PNEUMONIA-P", "99MEDSHARD", "Probability of pneumonia")
 _THRESHOLD = hd.sr.CodedConcept("DECISION-T", "99MEDSHARD", "Decision threshold")
+_CALIBRATED = hd.sr.CodedConcept(
+    "PNEUMONIA-PCAL", "99MEDSHARD", "Calibrated probability of pneumonia"
+)
+_PRIOR = hd.sr.CodedConcept("PNEUMONIA-PRIOR", "99MEDSHARD", "Assumed prevalence of pneumonia")
+
+
+def _method(code: str, meaning: str) -> hd.sr.CodedConcept:
+    """A local method concept; DICOM limits a code meaning to 64 characters."""
+    return hd.sr.CodedConcept(code, "99MEDSHARD", meaning[:64])
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,9 @@ def build_finding_sr(
     model_sha256: str,
     probability: float,
     threshold: float,
+    prior: float | None = None,
+    operating_point: str = "",
+    calibrated: bool = False,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR of one finding on ``source``.
 
@@ -78,6 +96,12 @@ def build_finding_sr(
         Identify the algorithm exactly, so a reader knows which weights made the call.
     probability, threshold
         The model's output and the cut-off at or above which it calls pneumonia present.
+    prior
+        The share of pneumonia ``probability`` is adjusted to (calibrated models).
+    operating_point
+        Name of the rule that set ``threshold``, e.g. "maximum balanced accuracy".
+    calibrated
+        Whether ``probability`` is calibrated; decides how the SR names it.
 
     Raises
     ------
@@ -96,15 +120,9 @@ def build_finding_sr(
             finding_type=_FINDING,
             algorithm_id=algorithm,
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-            measurements=[
-                hd.sr.Measurement(
-                    name=_PROBABILITY,
-                    value=float(probability),
-                    unit=_NO_UNITS,
-                    algorithm_id=algorithm,
-                ),
-                hd.sr.Measurement(name=_THRESHOLD, value=float(threshold), unit=_NO_UNITS),
-            ],
+            measurements=_measurements(
+                algorithm, probability, threshold, prior, operating_point, calibrated
+            ),
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(
                     name=_PNEUMONIA, value=_PRESENT if positive else _ABSENT
@@ -136,6 +154,41 @@ def build_finding_sr(
         raise AnalysisError(f"could not build the SR of a finding: {exc}") from exc
     sr.SeriesDescription = f"AI findings ({model_id})"[:64]
     return sr
+
+
+def _measurements(
+    algorithm: hd.sr.AlgorithmIdentification,
+    probability: float,
+    threshold: float,
+    prior: float | None,
+    operating_point: str,
+    calibrated: bool,
+) -> list[hd.sr.Measurement]:
+    """Probability, threshold and (calibrated models) prior, each saying what it is."""
+    if calibrated and prior is not None:
+        prob = hd.sr.Measurement(
+            name=_CALIBRATED,
+            value=float(probability),
+            unit=_NO_UNITS,
+            algorithm_id=algorithm,
+            method=_method("PLATT-PRIOR", f"Platt-calibrated, adjusted to prior {prior:.4g}"),
+        )
+    else:
+        prob = hd.sr.Measurement(
+            name=_PROBABILITY, value=float(probability), unit=_NO_UNITS, algorithm_id=algorithm
+        )
+    op = (
+        _method("OPERATING-POINT", f"Operating point: {operating_point}")
+        if operating_point
+        else None
+    )
+    out = [
+        prob,
+        hd.sr.Measurement(name=_THRESHOLD, value=float(threshold), unit=_NO_UNITS, method=op),
+    ]
+    if calibrated and prior is not None:
+        out.append(hd.sr.Measurement(name=_PRIOR, value=float(prior), unit=_NO_UNITS))
+    return out
 
 
 def _report(

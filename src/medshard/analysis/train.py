@@ -1,10 +1,16 @@
-"""Deterministic training of the pneumonia classifier into a model package.
+"""Deterministic training of the pneumonia classifier into a model package, with honest estimates.
 
-Each ensemble member is trained on the *train* split with class-weighted cross-entropy
-(the split is 90% pneumonia) and batch augmentation; its checkpoint is the epoch with the best
-*validation* ROC AUC. The operating threshold is then chosen on validation only (bootstrap
-median of Youden's J), and the package is evaluated through the same loader and metric code
-that ``medshard ai eval`` uses, so the card's figures are reproducible from the files alone.
+The recipe: pool train + val, split off a stratified calibration part,
+fit each ensemble member on the rest for a fixed number of epochs (class-weighted
+cross-entropy, batch augmentation, no checkpoint picking: nothing is chosen by peeking at
+held-out images), then on the calibration part fit Platt scaling of the ensemble's log-odds
+and choose the operating point on the resulting log-likelihood ratios.
+
+Before shipping, :func:`medshard.analysis.cv.cross_validate` runs that same recipe inside each
+of k stratified folds, and the pooled out-of-fold predictions give the model card its
+expected performance, with bootstrap intervals, and the ensemble size (the smallest that CV
+shows to be as good as the largest tried). The out-of-fold predictions are shipped
+(``cv_predictions.npz``) so ``medshard ai eval`` recomputes every CV figure from them.
 
 Determinism: every random draw comes from seeded generators, deterministic algorithms are
 enforced and the thread count is fixed; two runs with the same settings on the same machine
@@ -13,12 +19,11 @@ produce bit-identical weights.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +38,19 @@ from torch import nn
 from medshard.analysis import card as model_card
 from medshard.analysis import plots
 from medshard.analysis.augment import AugmentSettings, augment_batch
-from medshard.analysis.dataset import Split, load_split, sample_npz_path
-from medshard.analysis.evaluate import evaluate_scores, roc_auc, roc_curve
+from medshard.analysis.calibration import adjust_to_prior, check_prior, fit_calibration
+from medshard.analysis.cv import (
+    CV_PREDICTIONS_FILE,
+    MAX_BALANCED_ACCURACY,
+    MIN_SENSITIVITY,
+    CVResult,
+    choose_threshold,
+    cross_validate,
+    report,
+    stratified_split,
+    youden_threshold,
+)
+from medshard.analysis.dataset import load_split, sample_npz_path
 from medshard.analysis.model import (
     ARCHITECTURE,
     HASH_FILE,
@@ -48,8 +64,26 @@ from medshard.analysis.model import (
 from medshard.analysis.preprocess import scale_uint8
 from medshard.errors import AnalysisError
 
-#: Bootstrap settings of the threshold choice (independent of the evaluation bootstrap).
-THRESHOLD_RESAMPLES = 200
+#: The deployment prior documented in the card when none is given: the share of pneumonia in
+#: PneumoniaMNIST's validation split (389 / 524), near the share in the published test split
+#: (390 / 624) and in the clinic the images come from; sites override it in their settings.
+DEFAULT_PRIOR = 0.74
+#: Files written besides the weights and cards.
+CV_PREDICTIONS = CV_PREDICTIONS_FILE
+RELIABILITY_PNG = "reliability.png"
+CV_ROC_PNG = "cv_roc.png"
+CURVES_PNG = "training_curves.png"
+
+__all__ = [
+    "CV_PREDICTIONS",
+    "DEFAULT_PRIOR",
+    "TrainConfig",
+    "choose_threshold",
+    "deterministic",
+    "pooled_data",
+    "train",
+    "youden_threshold",
+]
 
 
 @dataclass
@@ -58,8 +92,9 @@ class TrainConfig:
 
     data: Path
     out: Path
-    epochs: int = 25
+    epochs: int = 15
     seed: int = 0
+    #: Most ensemble members tried; cross-validation picks how many ship (<= this).
     members: int = 3
     batch_size: int = 128
     lr: float = 3e-3
@@ -67,21 +102,30 @@ class TrainConfig:
     channels: tuple[int, ...] = (16, 32, 64)
     dropout: float = 0.2
     device: str = "cpu"
-    threads: int = 2
-    #: Use only about N training images, class-stratified (quick tests); None uses all.
+    threads: int = 1
+    #: Use only about N images of train+val, class-stratified (quick tests); None uses all.
     train_limit: int | None = None
     augment: AugmentSettings | None = field(default_factory=AugmentSettings)
     name: str | None = None
+    #: Cross-validation folds; 0 skips CV (quick tests only: the card then has no estimate).
+    folds: int = 5
+    #: Share of each training part held out for calibration and the operating point.
+    cal_fraction: float = 0.2
+    #: Documented default share of pneumonia where the model is used.
+    prior: float = DEFAULT_PRIOR
+    #: Operating point: max_balanced_accuracy, or min_sensitivity with ``min_sensitivity``.
+    operating_point: str = MAX_BALANCED_ACCURACY
+    min_sensitivity: float = 0.0
 
     def eval_command(self) -> str:
-        """The CLI invocation that reproduces the card's validation figures."""
+        """The CLI invocation that recomputes the card's cross-validated figures."""
         model = str(self.out)
         if self.out.resolve().parent == models_dir():
             model = self.out.name
         args = ["python", "-m", "medshard.analysis.cli", "eval", "--model", model]
         if not _is_bundled(self.data):
             args += ["--data", str(self.data)]
-        return shlex.join([*args, "--split", "val"])
+        return shlex.join(args)
 
     def command(self) -> str:
         """The CLI invocation that reproduces this configuration exactly."""
@@ -95,28 +139,23 @@ class TrainConfig:
             "--lr", str(self.lr), "--weight-decay", str(self.weight_decay),
             "--channels", ",".join(str(c) for c in self.channels),
             "--dropout", str(self.dropout), "--device", self.device,
-            "--threads", str(self.threads),
+            "--threads", str(self.threads), "--folds", str(self.folds),
+            "--cal-fraction", str(self.cal_fraction), "--prior", str(self.prior),
         ]  # fmt: skip
+        if self.operating_point == MIN_SENSITIVITY:
+            args += ["--min-sensitivity", str(self.min_sensitivity)]
         if self.train_limit is not None:
             args += ["--limit", str(self.train_limit)]
         if self.augment is None:
             args.append("--no-augment")
+        elif self.augment != AugmentSettings():
+            args += ["--augment", self.augment.spec()]
         return shlex.join(args)
 
 
 def _is_bundled(data: Path) -> bool:
     """Whether ``data`` is the in-repo sample, which the CLI uses when ``--data`` is omitted."""
     return Path(data).resolve() == sample_npz_path()
-
-
-@dataclass
-class MemberResult:
-    """One trained member: its best state and the per-epoch history for the curves."""
-
-    seed: int
-    state: dict[str, torch.Tensor]
-    best_epoch: int
-    history: list[dict[str, float]]
 
 
 @contextmanager
@@ -142,8 +181,47 @@ def deterministic(seed: int, threads: int) -> Iterator[None]:
         torch.set_num_threads(prev_threads)
 
 
+@dataclass
+class Pooled:
+    """Train + val as one labelled set (cross-validation re-splits it), with provenance."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    #: Position of each image in the ``.npz``: (split name, index in that split).
+    origin: list[tuple[str, int]]
+    counts: dict[str, dict[str, int]]
+
+
+def pooled_data(data: Path, limit: int | None = None) -> Pooled:
+    """Train and val of ``data`` concatenated (train first), optionally a stratified subset."""
+    parts = [load_split(data, "train"), load_split(data, "val")]
+    counts = {
+        p.name: {"n": len(p), "normal": p.class_counts()[0], "pneumonia": p.class_counts()[1]}
+        for p in parts
+    }
+    images = np.concatenate([p.images for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    origin = [(p.name, i) for p in parts for i in range(len(p))]
+    keep = np.arange(labels.size)
+    if limit is not None and limit < labels.size:
+        keep = _stratified_positions(labels, limit)
+    if min(int((labels[keep] == c).sum()) for c in (0, 1)) == 0:
+        raise AnalysisError("the data must contain both classes")
+    return Pooled(images[keep], labels[keep], [origin[i] for i in keep], counts)
+
+
+def _stratified_positions(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Evenly spaced images of each class, about ``limit`` in all, class shares kept."""
+    keep = []
+    for cls in (0, 1):
+        idx = np.flatnonzero(labels == cls)
+        share = max(2, round(limit * idx.size / labels.size))
+        keep.append(idx[np.linspace(0, idx.size - 1, min(share, idx.size)).astype(np.int64)])
+    return np.sort(np.concatenate(keep))
+
+
 def train(cfg: TrainConfig, *, console: Console | None = None, quiet: bool = False) -> Path:
-    """Train, select, calibrate the threshold and write a model package.
+    """Cross-validate the recipe, fit it on all data and write a model package.
 
     Parameters
     ----------
@@ -166,15 +244,10 @@ def train(cfg: TrainConfig, *, console: Console | None = None, quiet: bool = Fal
     """
     _check(cfg)
     console = console or Console(stderr=True)
-    train_split = load_split(cfg.data, "train")
-    val_split = load_split(cfg.data, "val")
-    if cfg.train_limit is not None:
-        train_split = train_split.stratified_head(cfg.train_limit)
-    if min(train_split.class_counts()) == 0 or min(val_split.class_counts()) == 0:
-        raise AnalysisError("train and val splits must each contain both classes")
-
+    pooled = pooled_data(cfg.data, cfg.train_limit)
+    x = torch.from_numpy(scale_uint8(pooled.images))
+    y = pooled.labels
     started = time.perf_counter()
-    members: list[MemberResult] = []
     with (
         deterministic(cfg.seed, cfg.threads),
         Progress(
@@ -186,11 +259,61 @@ def train(cfg: TrainConfig, *, console: Console | None = None, quiet: bool = Fal
             disable=quiet,
         ) as progress,
     ):
-        task = progress.add_task("training", total=cfg.epochs * cfg.members)
-        for m in range(cfg.members):
-            members.append(_train_member(cfg, m, train_split, val_split, progress, task))
+        total = cfg.epochs * cfg.members * (cfg.folds + 1)
+        task = progress.add_task("training", total=total)
+
+        def tick(what: str) -> None:
+            progress.update(task, advance=1, description=what)
+
+        cv: CVResult | None = None
+        if cfg.folds:
+
+            def fit(idx: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+                nets = [
+                    _fit_member(cfg, x[idx], y[idx], seed + m,
+                                _ticker(tick, f"CV seed {seed} member {m + 1}"))
+                    for m in range(cfg.members)
+                ]  # fmt: skip
+
+                def predict(j: np.ndarray) -> np.ndarray:
+                    return np.stack([_predict(net, x[j], cfg.device) for net in nets])
+
+                return predict
+
+            cv = cross_validate(
+                y,
+                fit,
+                k=cfg.folds,
+                seed=cfg.seed,
+                cal_fraction=cfg.cal_fraction,
+                rule=cfg.operating_point,
+                min_sensitivity=cfg.min_sensitivity,
+            )
+        members = cv.chosen_members if cv else cfg.members
+        progress.update(task, total=cfg.epochs * cfg.members * cfg.folds + cfg.epochs * members)
+        fit_idx, cal_idx = stratified_split(np.arange(y.size), y, cfg.cal_fraction, cfg.seed + 999)
+        histories: list[list[dict[str, float]]] = []
+        nets = []
+        for m in range(members):
+            history: list[dict[str, float]] = []
+            nets.append(
+                _fit_member(cfg, x[fit_idx], y[fit_idx], cfg.seed + 10_000 + m,
+                            _ticker(tick, f"final member {m + 1}/{members}"), history)
+            )  # fmt: skip
+            histories.append(history)
     duration = time.perf_counter() - started
-    return _write_package(cfg, members, train_split, val_split, duration, console, quiet)
+    return _write_package(
+        cfg, pooled, nets, histories, fit_idx, cal_idx, cv, duration, console, quiet
+    )
+
+
+def _ticker(tick: Callable[[str], None], what: str) -> Callable[[int], None]:
+    """Per-epoch progress callback naming the member being trained."""
+
+    def on_epoch(epoch: int) -> None:
+        tick(f"{what} epoch {epoch}")
+
+    return on_epoch
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -200,42 +323,44 @@ def _check(cfg: TrainConfig) -> None:
         raise AnalysisError(f"unknown device {cfg.device!r}; use cpu or cuda")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise AnalysisError("device cuda requested but CUDA is not available")
-    if cfg.train_limit is not None and cfg.train_limit < 2:
-        raise AnalysisError("--limit must keep at least 2 training images")
+    if cfg.train_limit is not None and cfg.train_limit < 20:
+        raise AnalysisError("--limit must keep at least 20 images")
+    if cfg.folds == 1 or cfg.folds < 0:
+        raise AnalysisError("--folds must be 0 (no cross-validation) or at least 2")
+    if not 0.0 < cfg.cal_fraction < 0.5:
+        raise AnalysisError("--cal-fraction must be between 0 and 0.5")
+    check_prior(cfg.prior)
+    if cfg.operating_point not in (MAX_BALANCED_ACCURACY, MIN_SENSITIVITY):
+        raise AnalysisError(f"unknown operating point {cfg.operating_point!r}")
 
 
-def _train_member(
+def _fit_member(
     cfg: TrainConfig,
-    index: int,
-    train_split: Split,
-    val_split: Split,
-    progress: Progress,
-    task: Any,
-) -> MemberResult:
-    """Train one member; keep the epoch with the highest val AUC (ties: lowest val loss)."""
-    seed = cfg.seed + index
+    x_train: torch.Tensor,
+    y_np: np.ndarray,
+    seed: int,
+    on_epoch: Callable[[int], Any],
+    history: list[dict[str, float]] | None = None,
+) -> nn.Module:
+    """Train one member for ``cfg.epochs`` epochs and return it in eval mode.
+
+    No checkpoint is picked: the one-cycle schedule ends at a tiny learning rate, so the last
+    epoch is a settled model, and picking the "best" epoch on held-out images would make
+    those images' figures optimistic.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = torch.device(cfg.device)
     net = PneumoniaCNN(cfg.channels, cfg.dropout).to(device)
-
-    x_train = torch.from_numpy(scale_uint8(train_split.images))
-    y_train = torch.from_numpy(train_split.labels)
-    x_val = torch.from_numpy(scale_uint8(val_split.images)).to(device)
-    y_val = torch.from_numpy(val_split.labels).to(device)
+    y_train = torch.from_numpy(y_np)
     n = x_train.shape[0]
-    counts = np.array(train_split.class_counts(), dtype=np.float64)
+    counts = np.bincount(y_np, minlength=2).astype(np.float64)
     # Inverse-frequency weights: each class contributes equally to the loss.
-    weights = torch.tensor(n / (2.0 * counts), dtype=torch.float32, device=device)
+    weights = torch.tensor(n / (2.0 * np.maximum(counts, 1)), dtype=torch.float32, device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     steps = math.ceil(n / cfg.batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
-
-    history: list[dict[str, float]] = []
-    best: tuple[float, float] = (-1.0, math.inf)
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         net.train()
         perm = torch.randperm(n, generator=gen)
@@ -252,92 +377,42 @@ def _train_member(
             opt.step()
             sched.step()
             total += float(loss.detach()) * idx.numel()
-        val_loss, val_scores = _validate(net, x_val, y_val)
-        val_auc = roc_auc(val_split.labels, val_scores)
-        history.append(
-            {"epoch": epoch, "train_loss": total / n, "val_loss": val_loss, "val_auc": val_auc}
-        )
-        if (val_auc, -val_loss) > (best[0], -best[1]):
-            best = (val_auc, val_loss)
-            best_state = copy.deepcopy(net.state_dict())
-            best_epoch = epoch
-        progress.update(
-            task,
-            advance=1,
-            description=(
-                f"member {index + 1}/{cfg.members} epoch {epoch}/{cfg.epochs} "
-                f"val AUC {val_auc:.4f} (best {best[0]:.4f} @ {best_epoch})"
-            ),
-        )
-    return MemberResult(seed=seed, state=best_state, best_epoch=best_epoch, history=history)
+        if history is not None:
+            history.append({"epoch": epoch, "train_loss": total / n})
+        on_epoch(epoch)
+    return net.eval()
 
 
-def _validate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, np.ndarray]:
-    """Unweighted val cross-entropy and pneumonia probabilities, in fixed 256-image chunks."""
+def _predict(net: nn.Module, x: torch.Tensor, device: str) -> np.ndarray:
+    """Pneumonia probability of one member, in fixed 256-image chunks."""
     net.eval()
-    logits = []
+    out = []
     with torch.inference_mode():
         for start in range(0, x.shape[0], 256):
-            logits.append(net(x[start : start + 256]))
-    out = torch.cat(logits)
-    loss = float(nn.functional.cross_entropy(out, y))
-    return loss, torch.softmax(out, dim=1)[:, 1].double().cpu().numpy()
-
-
-def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Cut-off maximising sensitivity + specificity - 1, placed midway between scores.
-
-    Youden's J weighs both classes equally, so unlike an accuracy-maximising cut-off it does
-    not depend on the validation split's class balance, which differs from deployment data.
-    The midpoint keeps the cut-off away from any validation score, so last-bit differences in
-    floating point cannot flip a call.
-    """
-    fpr, tpr, cutoffs = roc_curve(labels, scores)
-    i = int(np.argmax(tpr - fpr))
-    hi = cutoffs[i]
-    lo = cutoffs[i + 1] if i + 1 < cutoffs.size else hi
-    if not np.isfinite(hi):
-        return float(lo)
-    return float((hi + lo) / 2.0)
-
-
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, seed: int) -> dict[str, Any]:
-    """Median of Youden cut-offs over stratified bootstrap resamples of validation.
-
-    A single Youden point on 524 images hinges on a handful of cases; the bootstrap median is a
-    smoother estimate of the same optimum and transfers better to unseen data.
-    """
-    y = np.asarray(labels).astype(bool)
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    rng = np.random.default_rng(seed)
-    cuts = []
-    for _ in range(THRESHOLD_RESAMPLES):
-        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        cuts.append(youden_threshold(y[idx], scores[idx]))
-    return {
-        "method": "median of Youden-J cut-offs over stratified bootstrap resamples of val",
-        "resamples": THRESHOLD_RESAMPLES,
-        "seed": seed,
-        "threshold": float(np.median(cuts)),
-        "youden_full_val": youden_threshold(y, scores),
-    }
+            logits = net(x[start : start + 256].to(device))
+            out.append(torch.softmax(logits, dim=1)[:, 1].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _write_package(
     cfg: TrainConfig,
-    members: list[MemberResult],
-    train_split: Split,
-    val_split: Split,
+    pooled: Pooled,
+    nets: list[nn.Module],
+    histories: list[list[dict[str, float]]],
+    fit_idx: np.ndarray,
+    cal_idx: np.ndarray,
+    cv: CVResult | None,
     duration: float,
     console: Console,
     quiet: bool,
 ) -> Path:
-    """Save weights, choose the threshold through the real loader, evaluate, write the card."""
+    """Save weights, calibrate and set the operating point through the real loader, write
+    the CV predictions, the cards and the figures."""
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    ensemble = Ensemble([PneumoniaCNN(cfg.channels, cfg.dropout) for _ in members])
-    for net, result in zip(ensemble.members, members, strict=True):
-        net.load_state_dict(result.state)
+    ensemble = Ensemble([PneumoniaCNN(cfg.channels, cfg.dropout) for _ in nets])
+    for target, net in zip(ensemble.members, nets, strict=True):
+        target.load_state_dict(net.state_dict())
     weights = out / WEIGHTS
     torch.save(ensemble.state_dict(), weights)
     sha = file_sha256(weights)
@@ -348,7 +423,7 @@ def _write_package(
         "name": ARCHITECTURE,
         "channels": list(cfg.channels),
         "dropout": cfg.dropout,
-        "members": len(members),
+        "members": len(nets),
         "parameters": sum(p.numel() for p in ensemble.parameters()),
         "blocks": "monai.networks.blocks.Convolution (conv3x3-BatchNorm-ReLU)",
     }
@@ -356,38 +431,91 @@ def _write_package(
     card["architecture"] = arch
     model_card.write_json(out, card)  # provisional: lets the real loader read the package
 
+    y = pooled.labels
     loaded = load_model(out, device=cfg.device)
-    val_scores = loaded.predict_proba(scale_uint8(val_split.images))
-    choice = choose_threshold(val_split.labels, val_scores, cfg.seed)
-    validation = evaluate_scores(val_split.labels, val_scores, choice["threshold"])
+    cal_raw = loaded.raw_proba(scale_uint8(pooled.images[cal_idx]))
+    calibration = fit_calibration(y[cal_idx], cal_raw)
+    choice = choose_threshold(
+        y[cal_idx],
+        calibration.llr(cal_raw),
+        cfg.seed,
+        rule=cfg.operating_point,
+        min_sensitivity=cfg.min_sensitivity,
+    )
+    threshold = float(adjust_to_prior(np.array([choice["threshold"]]), cfg.prior)[0])
+    estimate: dict[str, Any] | None = None
+    if cv is not None:
+        estimate = report(cv, deployment_prior=cfg.prior)
+        _save_cv_predictions(out / CV_PREDICTIONS, cv, pooled)
+        plots.reliability(out / RELIABILITY_PNG, estimate)
+        plots.cv_roc(out / CV_ROC_PNG, y, cv.oof()[1], estimate)
+    plots.loss_curves(out / CURVES_PNG, histories)
     card = model_card.build(
         cfg=cfg,
         name=name,
         sha=sha,
         arch=arch,
-        threshold=choice,
-        validation=validation,
-        train_split=train_split,
-        val_split=val_split,
-        members=[
-            {
-                "seed": r.seed,
-                "best_epoch": r.best_epoch,
-                "best_val_auc": r.history[r.best_epoch - 1]["val_auc"],
-                "history": r.history,
-            }
-            for r in members
-        ],
+        calibration=calibration,
+        choice=choice,
+        threshold=threshold,
+        pooled=pooled,
+        n_fit=int(fit_idx.size),
+        n_cal=int(cal_idx.size),
+        cv=estimate,
+        cv_folds=_fold_params(cv) if cv else None,
+        histories=histories,
         duration_s=duration,
     )
-    plots.training_curves(out / "training_curves.png", [r.history for r in members],
-                          [r.best_epoch for r in members])  # fmt: skip
-    plots.roc(out / "val_roc.png", val_split.labels, val_scores, choice["threshold"], validation)
     model_card.write_json(out, card)
     model_card.write_markdown(out, card)
     if not quiet:
-        console.print(
-            f"wrote {out}  val accuracy {validation['accuracy']:.4f}  AUC {validation['auc']:.4f}"
-            f"  threshold {choice['threshold']:.4f}  ({duration:.0f} s)"
+        summary = (
+            f"CV accuracy {estimate['metrics']['accuracy']:.4f}  AUC "
+            f"{estimate['metrics']['auc']:.4f}  ECE {estimate['calibration']['ece_calibrated']:.4f}"
+            if estimate
+            else "no cross-validation"
         )
+        console.print(f"wrote {out}  {summary}  threshold {threshold:.4f}  ({duration:.0f} s)")
     return out
+
+
+def _fold_params(cv: CVResult) -> list[dict[str, Any]]:
+    """Per fold and ensemble size: the calibration and LLR threshold fitted on its cal part."""
+    return [
+        {
+            "fold": fr.fold,
+            "calibrations": [c.as_dict() for c in fr.calibrations],
+            "thresholds_llr": list(fr.thresholds),
+            "n_fit": int(fr.fit.size),
+            "n_cal": int(fr.cal.size),
+        }
+        for fr in cv.results
+    ]
+
+
+def _save_cv_predictions(path: Path, cv: CVResult, pooled: Pooled) -> None:
+    """Out-of-fold raw member probabilities with fold and calibration-part membership.
+
+    Small (a few hundred kB) and shipped, so anyone can recompute the card's CV figures and
+    check that no test fold took part in its own calibration or threshold.
+    """
+    n = cv.labels.size
+    raw = np.zeros((cv.members, n), dtype=np.float64)
+    in_fit = np.zeros((len(cv.results), n), dtype=bool)
+    in_cal = np.zeros((len(cv.results), n), dtype=bool)
+    for fr in cv.results:
+        raw[:, fr.test] = fr.test_raw
+        in_fit[fr.fold, fr.fit] = True
+        in_cal[fr.fold, fr.cal] = True
+    split = np.array([s for s, _ in pooled.origin])
+    index = np.array([i for _, i in pooled.origin], dtype=np.int64)
+    np.savez_compressed(
+        path,
+        labels=cv.labels,
+        folds=cv.folds,
+        raw=raw,
+        in_fit=in_fit,
+        in_cal=in_cal,
+        split=split,
+        index=index,
+    )

@@ -47,14 +47,14 @@ from medshard.analysis.queue import (
     worker_identity,
 )
 from medshard.analysis.sr import build_finding_sr, sr_bytes
-from medshard.catalog.models import Instance, Series, Study
+from medshard.catalog.models import Instance, Series, Site, Study
 from medshard.cluster.archive import Archive
 from medshard.config import AnalysisRule
 from medshard.errors import AnalysisError, MedshardError, NotFoundError
 from medshard.ingest.pipeline import CommitHook, Ingestor
 
 if TYPE_CHECKING:
-    from medshard.analysis.model import LoadedModel
+    from medshard.analysis.model import Assessment, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,21 @@ class _Prepared:
     sop: str
     ds: pydicom.Dataset
     x: np.ndarray
+    prior: float | None = None
+
+
+def prior_for(rule: AnalysisRule | None, site: str) -> float | None:
+    """The class prior configured for images from ``site`` under ``rule``.
+
+    A site's own prior wins, then the rule's; None (also for 0, "not set") lets the model
+    card's documented default apply. Probabilities are adjusted to this prior; the call is the
+    same at every prior, because the operating point is a likelihood-ratio cut-off.
+    """
+    if rule is None:
+        return None
+    if site and site in rule.site_priors:
+        return float(rule.site_priors[site]) or None
+    return float(rule.prior) or None
 
 
 class Analyser:
@@ -137,12 +152,14 @@ class Analyser:
         with self.archive.catalog.session() as session:
             done = existing_findings(session, sops, loaded.sha256)
             rows = session.execute(
-                select(Instance.sop_instance_uid, Study.study_instance_uid)
+                select(Instance.sop_instance_uid, Study.study_instance_uid, Site.name)
                 .join(Series, Instance.series_pk == Series.id)
                 .join(Study, Series.study_pk == Study.id)
+                .outerjoin(Site, Instance.source_site_id == Site.id)
                 .where(Instance.sop_instance_uid.in_(sops))
             ).all()
-        studies = {str(sop): str(study) for sop, study in rows}
+        studies = {str(sop): str(study) for sop, study, _site in rows}
+        sites = {str(sop): str(site or "") for sop, _study, site in rows}
         results: dict[str, Outcome] = {
             s: Outcome(s, SKIPPED, model_sha256=loaded.sha256) for s in sops if s in done
         }
@@ -154,19 +171,22 @@ class Analyser:
             if isinstance(item, Outcome):
                 results[sop] = item
             else:
+                item.prior = prior_for(rule, sites.get(sop, ""))
                 prepared.append(item)
         if prepared:
             try:
-                probs = loaded.predict_proba(np.stack([p.x for p in prepared]))
+                assessed = loaded.assess(
+                    np.stack([p.x for p in prepared]), [p.prior for p in prepared]
+                )
             except Exception as exc:  # torch errors too: fail these jobs, keep the worker
-                probs = None
+                assessed = None
                 for p in prepared:
                     results[p.sop] = Outcome(
                         p.sop, FAILED, error=f"inference failed: {exc}", transient=True
                     )
-            if probs is not None:
-                for p, prob in zip(prepared, probs, strict=True):
-                    results[p.sop] = self._store(p, float(prob), model, loaded)
+            if assessed is not None:
+                for p, result in zip(prepared, assessed, strict=True):
+                    results[p.sop] = self._store(p, result, model, loaded)
         # Every outcome names its study, so the API can list refusals by study as well.
         return [
             replace(results[s], study_instance_uid=studies.get(s, ""))
@@ -212,8 +232,13 @@ class Analyser:
             )
         return _Prepared(sop, ds, x)
 
-    def _store(self, p: _Prepared, prob: float, model: str, loaded: LoadedModel) -> Outcome:
-        """Store the SR of one result and return the outcome carrying its finding."""
+    def _store(self, p: _Prepared, result: Assessment, model: str, loaded: LoadedModel) -> Outcome:
+        """Store the SR of one result and return the outcome carrying its finding.
+
+        The call is made here, once (``result.positive``: calibrated probability >= the
+        operating point's threshold at the image's prior), and the SR and the finding both
+        carry that same probability, threshold, prior and operating point.
+        """
         ds = p.ds
         study = str(ds.StudyInstanceUID)
         try:
@@ -221,8 +246,11 @@ class Analyser:
                 ds,
                 model_id=loaded.model_id,
                 model_sha256=loaded.sha256,
-                probability=prob,
-                threshold=loaded.threshold,
+                probability=result.probability,
+                threshold=result.threshold,
+                prior=result.prior,
+                operating_point=result.operating_point,
+                calibrated=result.calibrated,
             )
         except AnalysisError as exc:  # the image lacks what an SR needs: retrying cannot help
             return Outcome(p.sop, FAILED, study_instance_uid=study, error=str(exc))
@@ -237,7 +265,7 @@ class Analyser:
                 transient=True,
             )
         classes = loaded.card.get("classes") or ["normal", "pneumonia"]
-        positive = prob >= loaded.threshold
+        positive = result.positive
         record = FindingRecord(
             sop_instance_uid=p.sop,
             series_instance_uid=str(ds.get("SeriesInstanceUID", "") or ""),
@@ -247,11 +275,14 @@ class Analyser:
             model_id=loaded.model_id,
             model_sha256=loaded.sha256,
             label=str(classes[1] if positive else classes[0])[:64],
-            probability=prob,
-            threshold=loaded.threshold,
+            probability=result.probability,
+            threshold=result.threshold,
             positive=positive,
             sr_sop_instance_uid=str(sr.SOPInstanceUID),
             sr_series_instance_uid=str(sr.SeriesInstanceUID),
+            prior=result.prior,
+            operating_point=result.operating_point,
+            calibrated=result.calibrated,
         )
         return Outcome(
             p.sop, DONE, study_instance_uid=study, finding=record, model_sha256=loaded.sha256
