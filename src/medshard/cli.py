@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.table import Table
@@ -125,12 +125,25 @@ def import_(
     workers: Annotated[int, typer.Option(help="Files imported in parallel per process")] = 0,
     processes: Annotated[int, typer.Option(help="Importer processes (use the cores)")] = 1,
     token: TokenOpt = None,
+    patient: Annotated[
+        str | None,
+        typer.Option(
+            "--patient", help="Store files that are not DICOM as this patient's documents"
+        ),
+    ] = None,
 ) -> None:
-    """Import DICOM files and folders as the token's account (attributed to its site)."""
+    """Import DICOM files and folders as the token's account (attributed to its site); with
+    --patient, other files (PDF, CDA, FHIR JSON, images, text) become that patient's documents."""
     from medshard.api.ingestors import analysed_ingestor
     from medshard.cluster.archive import Archive
     from medshard.ingest.batch import import_files
     from medshard.security.local import store_access_for, token_caller
+
+    documents: list[dict[str, object]] = []
+    if patient:  # the documents first, then the DICOM files as ever
+        from medshard.cli_records import split_documents
+
+        paths, documents, refused = split_documents(home, token, patient, paths)
 
     try:
         archive = Archive.open(home)
@@ -150,6 +163,9 @@ def import_(
             on_total=lambda n: bar.update(task, total=n),
             on_done=lambda _o: bar.advance(task),
         )
+    if patient:
+        report["rejected"] += refused
+        cast(dict[str, object], report)["documents"] = documents
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -157,7 +173,7 @@ def import_(
         err.print(f"[yellow]rejected[/yellow] {rej['path']}: {rej['reason']}")
     out.print(
         f"imported {len(report['imported'])}, duplicates {len(report['duplicates'])}, "
-        f"rejected {len(report['rejected'])}"
+        f"rejected {len(report['rejected'])}" + (f", documents {len(documents)}" if patient else "")
     )
 
 
@@ -505,6 +521,21 @@ def bench_dicomweb(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("records")
+def bench_records(
+    as_json: JsonOpt = False,
+    documents: Annotated[int, typer.Option(help="Documents through the write path")] = 300,
+    resources: Annotated[int, typer.Option(help="DocumentReferences in the catalog")] = 100_000,
+    searches: Annotated[int, typer.Option(help="FHIR searches per kind")] = 200,
+    db: Annotated[str, typer.Option(help="Catalog URL (default: SQLite in a scratch home)")] = "",
+) -> None:
+    """Documents stored per second, FHIR search p50/p99, sensor ingest and a day's query."""
+    from medshard.bench.records import run_records_bench
+
+    result = run_records_bench(documents_n=documents, resources=resources, searches=searches, db=db)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 @bench_app.command("ai")
 def bench_ai(
     as_json: JsonOpt = False,
@@ -544,8 +575,15 @@ def _mount_optional() -> None:
     app.add_typer(ai_app, name="ai")
 
 
+def _mount_records() -> None:
+    from medshard.cli_records import mount
+
+    mount(app)
+
+
 _mount_optional()
 _mount_security()
+_mount_records()
 
 
 def main() -> None:

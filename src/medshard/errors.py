@@ -11,7 +11,8 @@ DIMSE service each map them to protocol statuses in one place::
     ├── InvalidInputError        the caller sent something we will not store
     │   ├── InvalidDicomError    not DICOM, or DICOM missing what an archive needs
     │   ├── IdentityConflictError   a study or series UID that belongs to another patient
-    │   └── UnsupportedContentError   recognised, but a kind of file we do not accept
+    │   ├── UnsupportedContentError   recognised, but a kind of file we do not accept
+    │   └── VersionConflictError   an update that does not name the version it replaces
     ├── StorageError             bytes could not be written or read
     │   ├── NodeUnavailableError one storage node did not answer, or refused
     │   ├── ChecksumMismatchError   bytes did not hash to what was asked for (corruption)
@@ -61,6 +62,15 @@ class IdentityConflictError(InvalidInputError):
 
 class UnsupportedContentError(InvalidInputError):
     """A recognised kind of file that this archive does not accept."""
+
+
+class VersionConflictError(InvalidInputError):
+    """An update of a versioned record (a document) that does not name the current version
+    as the one it replaces: refused so that nobody silently overwrites someone else's edit."""
+
+    def __init__(self, message: str, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class StorageError(MedshardError):

@@ -104,8 +104,8 @@ def _stored(svc: Service, token: str, data: bytes) -> Study:
     return Study(str(ds.PatientID), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
 
-def build_world(root: Path, **overrides: Any) -> World:
-    dep = make_deployment(root)
+def build_world(root: Path, db_url: str = "", **overrides: Any) -> World:
+    dep = make_deployment(root, db_url)
     dep.cli("user", "add", "pacs-b", "--role", "service", "--site", "city-general")
     dep.cli("dicom", "allow", OTHER_AE, "--user", "pacs-b")
     people = [

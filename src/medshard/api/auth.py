@@ -34,6 +34,7 @@ PUBLIC: Final = frozenset(
         "/redoc",
         "/",  # the web UI's page (medshard.api.web): the same static HTML for everyone
         "/index.html",
+        "/fhir/metadata",  # the FHIR CapabilityStatement: what the server does, about nobody
     }
 )
 #: Declares the scheme in the OpenAPI document (so Swagger UI and schemathesis can log in).

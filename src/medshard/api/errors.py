@@ -15,7 +15,7 @@ The table is ordered from specific to general: the first class an error is an in
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from medshard.errors import (
     AccessDeniedError,
@@ -25,6 +25,7 @@ from medshard.errors import (
     NotFoundError,
     StorageError,
     UnsupportedContentError,
+    VersionConflictError,
 )
 
 
@@ -43,6 +44,7 @@ class PayloadTooLargeError(InvalidInputError):
 STATUS_OF: list[tuple[type[MedshardError], int]] = [
     (NotAcceptableError, 406),
     (ConflictError, 409),
+    (VersionConflictError, 409),
     (PayloadTooLargeError, 413),
     (NotFoundError, 404),
     (AuthenticationError, 401),
@@ -62,7 +64,11 @@ def status_of(exc: MedshardError) -> int:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MedshardError)
-    async def _medshard_error(_request: Request, exc: MedshardError) -> JSONResponse:
+    async def _medshard_error(request: Request, exc: MedshardError) -> Response:
         status = status_of(exc)
+        if request.url.path.startswith("/fhir/"):  # FHIR clients read OperationOutcome
+            from medshard.api.fhir.model import outcome
+
+            return outcome(status, str(exc))
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)

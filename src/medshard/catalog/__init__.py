@@ -5,6 +5,7 @@ Nothing here knows about HTTP; callers get sessions from :mod:`medshard.catalog.
 """
 
 from medshard.catalog import access_models as _access_models  # noqa: F401  (registers tables)
+from medshard.catalog import records_models as _records_models  # noqa: F401  (registers tables)
 from medshard.catalog.db import Catalog, migrate
 from medshard.catalog.models import (
     Base,

@@ -28,6 +28,7 @@ from medshard.catalog.models import (
     Study,
     utcnow,
 )
+from medshard.catalog.records import erase_records
 from medshard.errors import AccessDeniedError, NotFoundError
 from medshard.security.gate import Gate
 from medshard.security.policy import is_doctor_of
@@ -108,6 +109,7 @@ def erase_patient(gate: Gate, principal: Principal, patient_id: str, reason: str
         session.execute(update(Patient).where(Patient.id == patient.id).values(wrapped_key=None))
         study_pks = list(session.scalars(select(Study.id).where(Study.patient_pk == patient.id)))
         instances, object_pks = _delete_studies(session, study_pks)
+        erase_records(session, patient.id)  # documents and series; their objects go below
         object_pks += list(
             session.scalars(
                 select(StoredObject.id).where(
