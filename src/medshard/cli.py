@@ -81,42 +81,6 @@ def _redact(url: str) -> str:
     return url
 
 
-@app.command()
-def node(
-    name: Annotated[str, typer.Option(help="Unique node name")],
-    site: Annotated[str, typer.Option(help="Site (hospital) the node is at")],
-    port: Annotated[int, typer.Option(help="HTTP port")],
-    data: Annotated[Path, typer.Option(help="Directory for the node's chunk volumes")],
-    home: HomeOpt = None,
-    host: str = "127.0.0.1",
-    capacity_gb: Annotated[float, typer.Option("--capacity-gb")] = 0.0,
-) -> None:
-    """Run a storage-node daemon and register it with the deployment's catalog."""
-    from medshard.catalog.db import Catalog
-    from medshard.cluster.nodes import register_node
-    from medshard.node.server import run_node
-
-    try:
-        settings = load_settings(home)
-        capacity = int(capacity_gb * 2**30)
-        catalog = Catalog(settings.database_url)
-        register_node(
-            catalog, name=name, url=f"http://{host}:{port}", site=site, capacity_bytes=capacity
-        )
-        catalog.dispose()
-    except MedshardError as exc:
-        raise _fail(str(exc)) from exc
-    run_node(
-        name=name,
-        site=site,
-        port=port,
-        data_dir=data,
-        secret=settings.node_secret,
-        capacity_bytes=capacity,
-        host=host,
-    )
-
-
 @app.command("import")
 def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive)")],
@@ -285,7 +249,7 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         print(json.dumps(report, indent=2))
         return
     table = Table(title="storage nodes")
-    for col in ("name", "site", "state", "used", "capacity", "chunks", "url"):
+    for col in ("name", "site", "state", "used", "capacity", "chunks", "url", "rtt/predicted ms"):
         table.add_column(col)
     for n in report["nodes"]:
         table.add_row(
@@ -296,8 +260,14 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
             _size(n["capacity_bytes"]) if n["capacity_bytes"] else "unlimited",
             str(n["chunks"]),
             n["url"],
+            f"{n['rtt_ms']:.2f}/{n['predicted_rtt_ms']:.2f}",
         )
     out.print(table)
+    coords = report["coordinates"]
+    out.print(
+        f"Vivaldi: service at {coords['service']}; predicted vs measured RTT error median "
+        f"{coords['median_rtt_error']}, max {coords['max_rtt_error']}"
+    )
     shards = report["shards"]
     out.print(
         f"objects {report['objects']} ({_size(report['stored_bytes'])}), instances "
@@ -581,9 +551,16 @@ def _mount_records() -> None:
     mount(app)
 
 
+def _mount_cluster() -> None:
+    from medshard.cli_cluster import mount
+
+    mount(app)
+
+
 _mount_optional()
 _mount_security()
 _mount_records()
+_mount_cluster()
 
 
 def main() -> None:

@@ -55,9 +55,28 @@ class Settings:
     #: Secret shared with the storage nodes; every request is signed with a key derived from
     #: it (HMAC-SHA256, see medshard/storage/node_auth.py); the secret itself is never sent.
     node_secret: str = ""
-    #: Seconds a node may miss heartbeats before it is suspect, and before it is dead.
-    suspect_after_s: float = 5.0
-    dead_after_s: float = 30.0
+    #: Seconds a node may miss heartbeats before it is suspect, and before it is dead. Only a
+    #: dead node's copies count as lost and are re-replicated automatically: a node that
+    #: reboots within ``dead_after_s`` costs no copying (HDFS waits 10.5 min, Ceph 10 min).
+    suspect_after_s: float = 10.0
+    dead_after_s: float = 600.0
+    #: Seconds between heartbeats (probes of every node's /health) by the service.
+    heartbeat_interval_s: float = 2.0
+    #: Scrubbing: bytes per second the service asks nodes to re-hash (every stored copy is
+    #: re-verified, rate-limited so client I/O keeps its latency), and the pause between
+    #: whole passes (seconds). 0 bytes/s disables scrubbing.
+    scrub_bytes_per_s: int = 4 * 1024 * 1024
+    scrub_pass_interval_s: float = 24 * 3600.0
+    #: Background data movement (drain, care-team migration): bytes per second at most.
+    rebalance_bytes_per_s: int = 16 * 1024 * 1024
+    #: A chunk on a node that no catalog replica names is removed only after it has stayed
+    #: unnamed this long (seconds), so a write still committing is never taken for an orphan.
+    orphan_grace_s: float = 600.0
+    #: Placement: a node whose observed availability is below this is used for a care-site
+    #: copy only when no better node is near; nodes within this many ms of the nearest count
+    #: as equally near (capacity-weighted hashing then spreads the load among them).
+    min_reliability: float = 0.5
+    near_slack_ms: float = 0.5
     #: Timeout for one request to a storage node (seconds).
     node_timeout_s: float = 30.0
     #: Parallel file imports in ``medshard import``.

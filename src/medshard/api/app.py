@@ -23,6 +23,7 @@ from medshard.api.fhir import routes as fhir_routes
 from medshard.api.routes import access, auth, findings, status
 from medshard.api.routes import records as records_routes
 from medshard.api.routes import series as series_routes
+from medshard.api.routes import topology as topology_routes
 from medshard.cluster.archive import Archive
 from medshard.cluster.monitor import HealthMonitor
 from medshard.config import Settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
     app.include_router(routes_wado_uri.router)
     app.include_router(records_routes.router)
     app.include_router(series_routes.router)
+    app.include_router(topology_routes.router)
     app.include_router(fhir_routes.router)
     web.install(app)
     return app

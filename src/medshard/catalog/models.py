@@ -31,12 +31,28 @@ class Base(DeclarativeBase):
     pass
 
 
+class Region(Base):
+    """A cluster of sites served by one metadata service (the paper's supernode cluster)."""
+
+    __tablename__ = "regions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
 class Site(Base):
-    """A hospital, lab or rural health centre where storage nodes and care teams live."""
+    """A hospital, lab or rural health centre where storage nodes and care teams live.
+
+    ``kind`` is hospital, lab or rural (health centre); the location (degrees) lets placement
+    find the nearest nodes for a site that has none of its own.
+    """
 
     __tablename__ = "sites"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="hospital", server_default="hospital")
+    region_id: Mapped[int | None] = mapped_column(ForeignKey("regions.id"), nullable=True)
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Node(Base):
@@ -56,8 +72,28 @@ class Node(Base):
     coord_x: Mapped[float] = mapped_column(Float, default=0.0)
     coord_y: Mapped[float] = mapped_column(Float, default=0.0)
     coord_h: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Vivaldi's own error estimate of the coordinate (1.0 = know nothing yet).
+    coord_error: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    #: Last RTT the service measured to the node (ms); 0 = never measured.
+    rtt_ms: Mapped[float] = mapped_column(Float, default=0.0, server_default="0.0")
+    #: Capacity weight set by an admin; 0 = derived from the capacity (GiB, at least 1).
+    weight: Mapped[float] = mapped_column(Float, default=0.0, server_default="0.0")
+    #: active, draining (data moving off), drained (empty; may be removed).
+    admin_state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
 
     site: Mapped[Site] = relationship(lazy="joined")
+
+
+class Coordinate(Base):
+    """Vivaldi coordinate of a party that is not a node (the metadata service)."""
+
+    __tablename__ = "coordinates"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    x: Mapped[float] = mapped_column(Float, default=0.0)
+    y: Mapped[float] = mapped_column(Float, default=0.0)
+    h: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Patient(Base):

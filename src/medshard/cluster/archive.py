@@ -8,10 +8,11 @@ import, STOW-RS, C-STORE, thumbnails and AI reports all store their bytes throug
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -48,6 +49,9 @@ class Archive:
         self.keys = key_provider_for(settings.master_key_path)
         self.pool = NodePool(self.catalog, settings)
         self.store = ObjectStore(self.catalog, self.pool, self.keys, settings)
+        self._care_sites: dict[tuple[str, int | None], tuple[float, list[str]]] = {}
+        #: The service's HealthMonitor when one runs over this archive (for status).
+        self.monitor: Any = None
         if probe:
             self.pool.probe()
 
@@ -101,6 +105,31 @@ class Archive:
             raise
         metrics.PUT_TOTAL.labels(kind).inc()
         return Put(patient_pk, object_pk, written.size, written.min_copies, linked)
+
+    #: Seconds a patient's care sites are remembered for placement: a series of 200 slices
+    #: asks once, not 200 times (four queries each); a care-team change is seen within this.
+    CARE_SITES_TTL_S = 5.0
+
+    def care_sites(self, patient_id: str, storing_site_id: int | None = None) -> list[str]:
+        """The patient's recent care sites, the storing site first: where copies should go."""
+        from medshard.cluster.care import care_sites_of
+
+        key = (patient_id, storing_site_id)
+        now = time.monotonic()
+        cached = self._care_sites.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        with self.catalog.session() as session:
+            sites = care_sites_of(
+                session,
+                patient_id=patient_id,
+                storing_site_id=storing_site_id,
+                limit=self.settings.replicas,
+            )
+        if len(self._care_sites) > 10_000:
+            self._care_sites.clear()
+        self._care_sites[key] = (now + self.CARE_SITES_TTL_S, sites)
+        return sites
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, *, probe: bool = True) -> Archive:

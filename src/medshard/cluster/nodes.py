@@ -8,6 +8,7 @@ killed mid-import costs one failed request, not one per file.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,17 @@ from typing import Any
 from sqlalchemy import select
 
 from medshard.catalog.db import Catalog
+from medshard.catalog.models import Coordinate as CoordinateRow
 from medshard.catalog.models import Node, Site
-from medshard.cluster.health import HealthEvent, NodeState, missed_event, next_state
-from medshard.cluster.placement import NodeView
+from medshard.cluster.health import (
+    HealthEvent,
+    NodeState,
+    missed_event,
+    next_state,
+    update_reliability,
+)
+from medshard.cluster.placement import NodeView, SiteView
+from medshard.cluster.vivaldi import Coordinate, update
 from medshard.config import Settings
 from medshard.errors import MedshardError, NotFoundError
 from medshard.storage.node_client import NodeClient
@@ -43,14 +52,25 @@ class NodeHandle:
     latency_ewma_s: float = 0.0
     last_seen: datetime | None = None
     health: dict[str, Any] = field(default_factory=dict)
+    weight: float = 0.0
+    admin_state: str = "active"
+    reliability: float = 1.0
+    coordinate: Coordinate = field(default_factory=Coordinate)
+    rtt_ms: float = 0.0
+    last_probe: float = 0.0
 
     def view(self) -> NodeView:
+        c = self.coordinate
         return NodeView(
             name=self.name,
             site=self.site,
             capacity_bytes=self.capacity_bytes,
             used_bytes=self.used_bytes,
             alive=self.available,
+            weight_override=self.weight,
+            reliability=self.reliability,
+            draining=self.admin_state != "active",
+            coord=(c.x, c.y, c.h) if c.error < 1.0 else None,
         )
 
     @property
@@ -86,6 +106,30 @@ def register_node(catalog: Catalog, *, name: str, url: str, site: str, capacity_
             node.url, node.site_id, node.capacity_bytes = url, site_row.id, capacity_bytes
 
 
+SERVICE_COORDINATE = "service"
+
+
+def site_views(handles: Any, locations: dict[str, tuple[float, float]]) -> dict[str, SiteView]:
+    """Each site's anchor (mean coordinate of its measured nodes) and map location."""
+    points: dict[str, list[Coordinate]] = {}
+    for handle in handles:
+        if handle.coordinate.error < 1.0:
+            points.setdefault(handle.site, []).append(handle.coordinate)
+    views: dict[str, SiteView] = {}
+    for site in set(points) | set(locations):
+        coords = points.get(site, [])
+        anchor = None
+        if coords:
+            n = len(coords)
+            anchor = (
+                sum(c.x for c in coords) / n,
+                sum(c.y for c in coords) / n,
+                sum(c.h for c in coords) / n,
+            )
+        views[site] = SiteView(site, anchor, locations.get(site))
+    return views
+
+
 class NodePool:
     """Clients for every registered node plus a thread pool for parallel chunk I/O."""
 
@@ -95,7 +139,14 @@ class NodePool:
         self.executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="node-io")
         self._lock = threading.Lock()
         self.nodes: dict[str, NodeHandle] = {}
+        #: This service's own Vivaldi coordinate (it measures RTTs to every node).
+        self.coordinate = Coordinate()
+        self.site_views: dict[str, SiteView] = {}
         self.reload()
+        with self.catalog.session() as session:
+            row = session.get(CoordinateRow, SERVICE_COORDINATE)
+            if row is not None:
+                self.coordinate = Coordinate(row.x, row.y, row.h, row.error)
 
     def reload(self) -> None:
         """Pick up nodes registered since (e.g. a node process started later)."""
@@ -105,7 +156,14 @@ class NodePool:
                 (r.id, r.name, r.url, r.site.name, r.capacity_bytes, NodeState(r.state), r)
                 for r in rows
             ]
+            locations: dict[str, tuple[float, float]] = {
+                s.name: (s.latitude, s.longitude)
+                for s in session.scalars(select(Site)).all()
+                if s.latitude is not None and s.longitude is not None
+            }
         with self._lock:
+            for name in set(self.nodes) - {f[1] for f in facts}:  # removed by an admin
+                self.nodes.pop(name).client.close()
             for pk, name, url, site, cap, state, row in facts:
                 handle = self.nodes.get(name)
                 if handle is None or handle.url != url:
@@ -123,9 +181,16 @@ class NodePool:
                         used_bytes=row.used_bytes,
                         chunks=row.chunk_count,
                         last_seen=aware(row.last_seen),
+                        reliability=row.reliability,
+                        coordinate=Coordinate(
+                            row.coord_x, row.coord_y, row.coord_h, row.coord_error
+                        ),
+                        rtt_ms=row.rtt_ms,
                     )
-                else:
-                    handle.site, handle.capacity_bytes = site, cap
+                handle = self.nodes[name]
+                handle.site, handle.capacity_bytes = site, cap
+                handle.weight, handle.admin_state = row.weight, row.admin_state
+        self.site_views = site_views(self.nodes.values(), locations)
 
     def get(self, name: str) -> NodeHandle:
         try:
@@ -162,7 +227,14 @@ class NodePool:
 
         now = datetime.now(UTC)
         for handle, health, elapsed in self.executor.map(ask, handles):
+            clock = time.monotonic()
+            since = clock - handle.last_probe if handle.last_probe else 0.0
+            handle.last_probe = clock
+            handle.reliability = update_reliability(handle.reliability, health is not None, since)
             if health is not None:
+                handle.rtt_ms = elapsed * 1000.0
+                update(self.coordinate, handle.coordinate, handle.rtt_ms)
+                update(handle.coordinate, self.coordinate, handle.rtt_ms)
                 handle.reachable = True
                 handle.health = health
                 handle.used_bytes = int(health.get("used_bytes", 0))
@@ -182,6 +254,30 @@ class NodePool:
             self._persist(handles)
         return self.nodes
 
+    def measure_peers(self, rng: random.Random | None = None) -> int:
+        """Each available node measures its RTT to one random other node; both coordinates
+        are the service's to keep, so the measuring node's coordinate moves (Vivaldi).
+        Returns how many measurements succeeded (saved at the next probe)."""
+        rng = rng or random.Random()
+        live = [h for h in self.nodes.values() if h.available]
+        if len(live) < 2:
+            return 0
+        pairs = [(h, rng.choice([p for p in live if p is not h])) for h in live]
+
+        def ask(pair: tuple[NodeHandle, NodeHandle]) -> float | None:
+            node, peer = pair
+            try:
+                return node.client.rtt_to(peer.name, peer.url)
+            except MedshardError:
+                return None
+
+        done = 0
+        for (node, peer), rtt in zip(pairs, self.executor.map(ask, pairs), strict=True):
+            if rtt is not None:
+                update(node.coordinate, peer.coordinate, rtt, rng)
+                done += 1
+        return done
+
     def _persist(self, handles: list[NodeHandle]) -> None:
         with self.catalog.transaction() as session:
             for handle in handles:
@@ -189,12 +285,23 @@ class NodePool:
                 if row is None:
                     continue
                 row.state = handle.state.value
+                row.reliability = handle.reliability
+                c = handle.coordinate
+                row.coord_x, row.coord_y, row.coord_h, row.coord_error = c.x, c.y, c.h, c.error
+                row.rtt_ms = handle.rtt_ms
                 if handle.last_seen is not None:
                     row.last_seen = handle.last_seen
                     row.used_bytes = handle.used_bytes
                     row.chunk_count = handle.chunks
                 else:
                     handle.last_seen = aware(row.last_seen)
+            mine = session.get(CoordinateRow, SERVICE_COORDINATE)
+            if mine is None:
+                mine = CoordinateRow(name=SERVICE_COORDINATE)
+                session.add(mine)
+            c = self.coordinate
+            mine.x, mine.y, mine.h, mine.error = c.x, c.y, c.h, c.error
+            mine.updated_at = datetime.now(UTC)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

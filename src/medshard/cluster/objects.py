@@ -33,7 +33,7 @@ from medshard.catalog.db import Catalog
 from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject
 from medshard.catalog.writes import ObjectRow, PatientKeyRow, insert_object
 from medshard.cluster.nodes import NodePool
-from medshard.cluster.placement import CapacityWeightedPlacement, PlacementPolicy
+from medshard.cluster.placement import CareAwarePlacement, PlacementPolicy, site_distance
 from medshard.config import Settings
 from medshard.errors import (
     ChecksumMismatchError,
@@ -119,7 +119,9 @@ class ObjectStore:
         self.pool = pool
         self.keys = keys
         self.settings = settings
-        self.placement = placement or CapacityWeightedPlacement()
+        self.placement = placement or CareAwarePlacement(
+            min_reliability=settings.min_reliability, near_slack_ms=settings.near_slack_ms
+        )
         self._patient_keys: dict[tuple[str, bytes], bytes] = {}
         path = settings.master_key_path
         self._key_stamp = path.stat().st_mtime_ns if path.exists() else 0
@@ -175,11 +177,12 @@ class ObjectStore:
         chunk_size = self.settings.chunk_size
         k, quorum = self.settings.replicas, self.settings.write_quorum
         views = self.pool.views()
+        sites = self.pool.site_views
 
         def targets_of(idx: int) -> list[str]:
             """Each chunk its own replica set: a large object is striped over the nodes."""
             key = object_key if idx == 0 else f"{object_key}/{idx}"
-            targets = self.placement.place(key, views, k, care_sites=care_sites)
+            targets = self.placement.place(key, views, k, care_sites=care_sites, sites=sites)
             if len(targets) < quorum:
                 raise NoQuorumError(
                     f"only {len(targets)} live storage node(s) for a write quorum of {quorum}"
@@ -352,13 +355,28 @@ class ObjectStore:
     def read_all(self, object_key: str) -> bytes:
         return b"".join(self.read(object_key))
 
-    def ordered_replicas(self, chunk: Chunk) -> list[Replica]:
-        """Healthy replicas on available nodes first, fastest-answering node first."""
+    def ordered_replicas(self, chunk: Chunk, near_site: str | None = None) -> list[Replica]:
+        """Healthy replicas on available nodes first, nearest first.
+
+        Nearest to ``near_site`` (a requesting site) by the placement's distance model
+        (coordinates, else map location) when given; otherwise nearest to this process by the
+        latency it measured, falling back to the RTT its Vivaldi coordinate predicts.
+        """
+        here = self.pool.coordinate
+        sites = self.pool.site_views
 
         def rank(replica: Replica) -> tuple[int, float]:
             handle = self.pool.by_pk(replica.node_pk)
-            healthy = replica.state == "ok" and handle is not None and handle.available
-            return (0 if healthy else 1, handle.latency_ewma_s if handle else 1e9)
+            if handle is None:
+                return (2, 1e9)
+            healthy = replica.state == "ok" and handle.available
+            if near_site is not None:
+                near = site_distance(near_site, handle.view(), sites)
+            elif handle.latency_ewma_s:
+                near = handle.latency_ewma_s * 1000.0
+            else:
+                near = here.rtt_to(handle.coordinate)
+            return (0 if healthy else 1, near)
 
         return sorted(chunk.replicas, key=rank)
 

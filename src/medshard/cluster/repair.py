@@ -18,6 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from medshard.catalog.models import Chunk, Replica, StoredObject
+from medshard.cluster.health import NodeState
+from medshard.cluster.nodes import NodeHandle
 from medshard.cluster.objects import ObjectStore
 from medshard.errors import InsufficientNodesError, MedshardError
 
@@ -38,19 +40,37 @@ class RepairReport:
         return not self.failures
 
 
-def healthy_replicas(store: ObjectStore, chunk: Chunk) -> list[Replica]:
+def copy_counts(handle: NodeHandle | None, dead_only: bool) -> bool:
+    """Whether a copy on this node counts as present: on an available node, or (``dead_only``,
+    the service's automatic repair) on any node not yet declared dead, so that a node that is
+    merely silent for a while costs no copying."""
+    if handle is None:
+        return False
+    if dead_only:
+        return handle.state != NodeState.DEAD
+    return handle.available
+
+
+def healthy_replicas(store: ObjectStore, chunk: Chunk, *, dead_only: bool = False) -> list[Replica]:
     result = []
     for replica in chunk.replicas:
         handle = store.pool.by_pk(replica.node_pk)
-        if replica.state == "ok" and handle is not None and handle.available:
+        if replica.state == "ok" and copy_counts(handle, dead_only):
             result.append(replica)
+    # copies on draining nodes go last, so trimming removes those first
+    result.sort(key=lambda r: _draining(store, r))
     return result
 
 
-def under_replicated_objects(store: ObjectStore) -> int:
+def _draining(store: ObjectStore, replica: Replica) -> bool:
+    handle = store.pool.by_pk(replica.node_pk)
+    return handle is None or handle.admin_state != "active"
+
+
+def under_replicated_objects(store: ObjectStore, *, dead_only: bool = False) -> int:
     """Objects with at least one chunk below k healthy replicas (nodes as last probed)."""
     k = store.settings.replicas
-    available = {h.pk for h in store.pool.nodes.values() if h.available}
+    available = {h.pk for h in store.pool.nodes.values() if copy_counts(h, dead_only)}
     counts: dict[int, int] = {}
     object_of: dict[int, int] = {}
     with store.catalog.session() as session:
@@ -65,18 +85,30 @@ def under_replicated_objects(store: ObjectStore) -> int:
     return len({object_of[c] for c, n in counts.items() if n < k and c in object_of})
 
 
-def repair(store: ObjectStore, progress: Callable[[int, int], None] | None = None) -> RepairReport:
-    """Repair every shard; ``progress(done_shards, total_shards)`` is called as it goes."""
+def repair(
+    store: ObjectStore,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    dead_only: bool = False,
+) -> RepairReport:
+    """Repair every shard; ``progress(done_shards, total_shards)`` is called as it goes.
+
+    ``dead_only``: copies on nodes that are unreachable but not yet dead still count (the
+    service's automatic repair); without it every unavailable node's copies are replaced (an
+    operator's explicit ``medshard repair``).
+    """
     report = RepairReport()
     shards = store.settings.shards
     for shard in range(shards):
-        repair_shard(store, shard, report)
+        repair_shard(store, shard, report, dead_only=dead_only)
         if progress:
             progress(shard + 1, shards)
     return report
 
 
-def repair_shard(store: ObjectStore, shard: int, report: RepairReport) -> None:
+def repair_shard(
+    store: ObjectStore, shard: int, report: RepairReport, *, dead_only: bool = False
+) -> None:
     k = store.settings.replicas
     with store.catalog.session() as session:
         chunks = session.scalars(
@@ -87,17 +119,19 @@ def repair_shard(store: ObjectStore, shard: int, report: RepairReport) -> None:
         ).all()
     for chunk in chunks:
         report.chunks_checked += 1
-        healthy = healthy_replicas(store, chunk)
+        healthy = healthy_replicas(store, chunk, dead_only=dead_only)
         if len(healthy) > k:
             _trim(store, chunk, healthy[k:], report)
         elif len(healthy) < k:
             try:
-                _restore(store, chunk, k, report)
+                _restore(store, chunk, k, report, dead_only=dead_only)
             except MedshardError as exc:
                 report.failures.append(f"chunk {chunk.chunk_id[:16]}: {exc}")
 
 
-def _restore(store: ObjectStore, chunk: Chunk, k: int, report: RepairReport) -> None:
+def _restore(
+    store: ObjectStore, chunk: Chunk, k: int, report: RepairReport, *, dead_only: bool = False
+) -> None:
     data = store.fetch_verified(chunk)
     pool = store.pool
     with store.catalog.session() as session:  # states may have changed during the fetch
@@ -110,7 +144,7 @@ def _restore(store: ObjectStore, chunk: Chunk, k: int, report: RepairReport) -> 
         if handle is None:
             continue
         holders.add(handle.name)
-        if replica.state == "ok" and handle.available:
+        if replica.state == "ok" and copy_counts(handle, dead_only):
             healthy_nodes.add(handle.name)
         elif handle.available:
             bad.append((replica, handle.name))
@@ -134,7 +168,11 @@ def _restore(store: ObjectStore, chunk: Chunk, k: int, report: RepairReport) -> 
     need = k - len(healthy_nodes)
     if need > 0:
         targets = store.placement.place(
-            chunk.chunk_id, pool.views(), need, exclude=holders | healthy_nodes
+            chunk.chunk_id,
+            pool.views(),
+            need,
+            exclude=holders | healthy_nodes,
+            sites=pool.site_views,
         )
         for name in targets:
             try:

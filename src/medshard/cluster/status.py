@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from medshard.catalog.models import Instance, Patient, Replica, StoredObject
 from medshard.cluster.archive import Archive
 from medshard.cluster.repair import under_replicated_objects
+from medshard.cluster.vivaldi import relative_error
 
 
 def cluster_status(archive: Archive) -> dict[str, Any]:
@@ -32,18 +33,31 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
             ).all()
         )
     nodes = []
+    here = pool.coordinate
+    errors: list[float] = []
     for handle in sorted(pool.nodes.values(), key=lambda h: h.name):
+        predicted = here.rtt_to(handle.coordinate)
+        if handle.rtt_ms > 0:
+            errors.append(relative_error(predicted, handle.rtt_ms))
         nodes.append(
             {
                 "name": handle.name,
                 "url": handle.url,
                 "site": handle.site,
                 "state": handle.state.value if handle.reachable else "unreachable",
+                "health": handle.state.value,  # alive, suspect or dead, whatever the last probe
+                "reachable": handle.reachable,
                 "used_bytes": handle.used_bytes,
                 "capacity_bytes": handle.capacity_bytes,
                 "chunks": handle.chunks,
                 "replicas_in_catalog": replica_counts.get(handle.pk, 0),
                 "last_seen": handle.last_seen.isoformat() if handle.last_seen else None,
+                "admin_state": handle.admin_state,
+                "weight": handle.view().weight,
+                "reliability": round(handle.reliability, 4),
+                "coordinate": handle.coordinate.as_dict(),
+                "rtt_ms": round(handle.rtt_ms, 3),
+                "predicted_rtt_ms": round(predicted, 3),
             }
         )
     counts = list(per_shard.values())
@@ -55,6 +69,14 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
         "stored_bytes": int(stored_bytes),
         "under_replicated": under_replicated_objects(archive.store),
         "bad_replicas": corrupt,
+        "awaiting_dead_delay": under_replicated_objects(archive.store)
+        - under_replicated_objects(archive.store, dead_only=True),
+        "coordinates": {
+            "service": here.as_dict(),
+            "median_rtt_error": round(sorted(errors)[len(errors) // 2], 4) if errors else None,
+            "max_rtt_error": round(max(errors), 4) if errors else None,
+        },
+        "background": archive.monitor.stats() if archive.monitor is not None else None,
         "replication": {
             "replicas": archive.settings.replicas,
             "write_quorum": archive.settings.write_quorum,

@@ -239,7 +239,8 @@ class Ingestor:
         patient = PatientValues(
             fields.patient_id, fields.patient_name, fields.patient_birth_date, fields.patient_sex
         )
-        put = self.archive.put_object(patient, fh, link)
+        care_sites = self.archive.care_sites(fields.patient_id, site_id)  # copies go near them
+        put = self.archive.put_object(patient, fh, link, care_sites=care_sites)
         if len(self._filed) > self.FILED_LIMIT:
             self._filed.clear()
         self._filed.update(seen)  # only now: those rows are committed

@@ -8,8 +8,11 @@ shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request sign
     GET    /chunks/{id}   200 the bytes as stored (unverified: readers verify), 404
     HEAD   /chunks/{id}   200 with Content-Length, 404
     DELETE /chunks/{id}   204, 404
+    GET    /chunks/{id}/verify   200 the node re-hashed its copy and it is intact, 409 it
+                          is not (scrubbing: only the verdict crosses the network), 404
     GET    /chunks        {"chunks": [...]} for reconciliation and repair
     GET    /health        name, site, capacity, usage, load, uptime
+    GET    /rtt?peer=N&url=U   {"rtt_ms": ...} to peer node N at U (Vivaldi coordinates)
 
 Authentication (:mod:`medshard.storage.node_auth`): the secret never travels. Each request
 carries ``Authorization: Medshard-HMAC-SHA256 t=<unix s>,n=<nonce>,s=<hmac>``, an HMAC-SHA256
@@ -41,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import uvicorn
 
@@ -114,6 +118,7 @@ class NodeApp:
         self.name = name
         self.site = site
         self._verifier = RequestVerifier(secret, name)
+        self._secret = secret  # to sign RTT probes of peers (see /rtt)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix=f"node-{name}-io")
         self._started = time.monotonic()
         self.requests_in_flight = 0
@@ -152,9 +157,19 @@ class NodeApp:
         self._authenticate(method, path, scope, headers)
         if path == "/health" and method == "GET":
             await _send_json(send, 200, await self._io(self._health))
+        elif path == "/rtt" and method == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            peer, url = query.get("peer", [""])[0], query.get("url", [""])[0]
+            rtt = await self._io(self._measure_peer, peer, url)
+            await _send_json(send, 200, {"peer": peer, "rtt_ms": rtt})
         elif path == "/chunks" and method == "GET":
             ids = await self._io(lambda: list(self.store.list_ids()))
             await _send_json(send, 200, {"chunks": ids})
+        elif path.startswith("/chunks/") and path.endswith("/verify") and method == "GET":
+            chunk_id = path[len("/chunks/") : -len("/verify")]
+            check_chunk_id(chunk_id)
+            await self._io(self.store.verify, chunk_id)
+            await _send_json(send, 200, {"chunk_id": chunk_id, "ok": True})
         elif path.startswith("/chunks/"):
             chunk_id = path[len("/chunks/") :]
             check_chunk_id(chunk_id)
@@ -236,6 +251,21 @@ class NodeApp:
     def _open_chunk(self, chunk_id: str) -> tuple[int, bytes, Iterator[bytes]]:
         size, pieces = self.store.open_stream(chunk_id, STREAM_PIECE_BYTES)
         return size, next(pieces, b""), pieces
+
+    def _measure_peer(self, peer: str, url: str) -> float:
+        """RTT to a peer node in ms (best of three signed /health calls), so the service can
+        place every node in Vivaldi's space, not only relative to itself."""
+        from medshard.storage.node_client import NodeClient
+
+        if not peer or not url.startswith("http://"):
+            raise InvalidInputError("rtt needs ?peer=NAME&url=http://host:port")
+        best = float("inf")
+        with NodeClient(peer, url, self._secret, timeout=2.0) as client:
+            for _ in range(3):
+                start = time.perf_counter()
+                client.health()
+                best = min(best, (time.perf_counter() - start) * 1000.0)
+        return round(best, 4)
 
     def _health(self) -> dict[str, Any]:
         disk = os.statvfs(self.store.root)

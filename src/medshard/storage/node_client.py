@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from medshard.errors import (
     ChecksumMismatchError,
@@ -136,6 +136,16 @@ class NodeClient:
         return iter(ids)
 
     # -- beyond the protocol -------------------------------------------------------------------
+
+    def rtt_to(self, peer: str, url: str) -> float:
+        """The RTT in ms this node measures to another node (for network coordinates)."""
+        query = urlencode({"peer": peer, "url": url})
+        return float(self._request("GET", f"/rtt?{query}").json()["rtt_ms"])
+
+    def verify(self, chunk_id: str) -> None:
+        """Ask the node to re-hash its copy (scrubbing); ChecksumMismatchError if it rotted,
+        NotFoundError if the node no longer holds it."""
+        self._request("GET", f"/chunks/{chunk_id}/verify")
 
     def health(self) -> dict[str, Any]:
         """The node's ``/health`` document (name, site, capacity, usage, load, uptime)."""
