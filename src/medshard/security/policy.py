@@ -134,9 +134,15 @@ def is_doctor_of(principal: Principal, patient_pk: int) -> ColumnElement[bool]:
 
 
 def scope_of(principal: Principal) -> Scope:
-    """The caller's visibility as the catalog search applies it."""
-    now = utcnow()
-    return Scope(visible_studies(principal, now), visible_patients(principal, now))
+    """The caller's visibility as the catalog search applies it.
+
+    The patient condition is built on the same study condition object (building the
+    expressions is most of a small search's CPU: a profile showed half of it twice).
+    """
+    studies = visible_studies(principal, utcnow())
+    if principal.role == "system":
+        return Scope(studies, true())
+    return Scope(studies, Patient.id.in_(select(Study.patient_pk).where(studies)))
 
 
 def audit_results(
