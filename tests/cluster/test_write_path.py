@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from medshard.catalog.lookups import object_key_of
 from medshard.catalog.models import (
     Chunk,
     Instance,
@@ -133,7 +134,7 @@ def test_a_write_that_loses_one_node_midway_records_only_durable_copies(
 
 def archive_key(archive: Archive, object_pk: int) -> str:
     with archive.catalog.session() as session:
-        key = session.scalar(select(StoredObject.object_key).where(StoredObject.id == object_pk))
+        key = object_key_of(session, object_pk)
     assert key is not None
     return key
 

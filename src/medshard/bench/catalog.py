@@ -50,6 +50,7 @@ MODALITIES = ["CT", "MR", "CR", "DX", "US", "MG", "PT", "NM"]
 INSTANCES_PER_SERIES = 10
 SERIES_PER_STUDY = 2
 STUDIES_PER_PATIENT = 2
+NODE_NAMES = ["node0", "node1", "node2"]
 CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
@@ -69,9 +70,6 @@ class NodeIoLeftOut(ObjectStore):
             chunk_size=self.settings.chunk_size,
             chunks=[chunk],
         )
-
-
-NODE_NAMES = ["node0", "node1", "node2"]
 
 
 def _instances(count: int, seed: int) -> Iterator[tuple[str, bytes]]:
@@ -186,7 +184,7 @@ def _measure(
     done, failed = [0], [0]
     marks: list[tuple[int, float]] = []
     lock = threading.Lock()
-    busy = [0.0]  # seconds spent ingesting (generating the next batch is not timed)
+    elapsed = 0.0  # seconds spent ingesting (generating the next batch is not timed)
 
     def one(item: tuple[str, bytes]) -> None:
         site, data = item
@@ -203,9 +201,8 @@ def _measure(
             began = time.perf_counter()
             for _ in pool.map(one, batch):
                 pass
-            busy[0] += time.perf_counter() - began
-            marks.append((done[0], busy[0]))
-    elapsed = busy[0]
+            elapsed += time.perf_counter() - began
+            marks.append((done[0], elapsed))
     gate.close()
     deciles = []
     previous = (0, 0.0)

@@ -12,12 +12,10 @@ with ``clients`` concurrent clients. Every figure is also given as a medshard/Or
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,8 +34,9 @@ from medshard.api.dicomweb.multipart import multipart_content_type, multipart_st
 from medshard.bench.auth_overhead import measure_overhead
 from medshard.bench.data import generate_instances
 from medshard.bench.ingest import start_cluster
+from medshard.bench.peers import orthanc
 from medshard.demo import ServiceProcess
-from medshard.errors import ConfigError, MedshardError
+from medshard.errors import MedshardError
 from medshard.node.launcher import free_port
 
 ORTHANC_PLUGIN: Final = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -275,47 +274,10 @@ def medshard_service(root: Path, nodes: int) -> Iterator[MedshardUnderTest]:
 
 @contextmanager
 def orthanc_service(root: Path) -> Iterator[str]:
-    """A throwaway Orthanc with DICOMweb on free loopback ports; yields its DICOMweb root."""
-    root.mkdir(parents=True)
-    port = free_port()
-    config = {
-        "Name": "medshard-bench",
-        "StorageDirectory": str(root / "storage"),
-        "IndexDirectory": str(root / "index"),
-        "HttpPort": port,
-        "DicomPort": free_port(),
-        "DicomAet": "BENCHORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [str(ORTHANC_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    with open(root / "orthanc.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/dicom-web/studies", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (root / "orthanc.log").read_text(errors="replace")[-2000:]
-                raise ConfigError(f"Orthanc did not start:\n{tail}")
-            time.sleep(0.3)
-        yield f"{url}/dicom-web"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """A throwaway Orthanc with its DICOMweb plugin; yields its DICOMweb root."""
+    dicomweb = {"Enable": True, "Root": "/dicom-web/"}
+    with orthanc(root, Plugins=[str(ORTHANC_PLUGIN)], DicomWeb=dicomweb) as server:
+        yield f"{server.url}/dicom-web"
 
 
 _RATIOS: Final = {

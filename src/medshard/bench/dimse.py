@@ -11,7 +11,6 @@ and audited), Orthanc with its default configuration (one plaintext copy).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
-
 from medshard.bench.data import generate_instances
 from medshard.bench.ingest import start_cluster
-from medshard.bench.peers import dcmtk, dcmtk_version
+from medshard.bench.peers import dcmtk, dcmtk_version, orthanc
 from medshard.demo import ServiceProcess
 from medshard.errors import ConfigError
 from medshard.node.launcher import free_port
@@ -79,43 +76,8 @@ def medshard_dimse(root: Path, nodes: int) -> Iterator[DimsePeer]:
 @contextmanager
 def orthanc_dimse(root: Path) -> Iterator[DimsePeer]:
     """A throwaway Orthanc with its DICOM port on loopback."""
-    root.mkdir(parents=True)
-    http_port, dicom_port = free_port(), free_port()
-    config = {
-        "Name": "medshard-bench",
-        "StorageDirectory": str(root / "storage"),
-        "IndexDirectory": str(root / "index"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "BENCHORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    with open(root / "orthanc.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/system", timeout=2).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (root / "orthanc.log").read_text(errors="replace")[-2000:]
-                raise ConfigError(f"Orthanc did not start:\n{tail}")
-            time.sleep(0.3)
-        yield DimsePeer("BENCHORTHANC", dicom_port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with orthanc(root) as server:
+        yield DimsePeer(server.ae_title, server.dicom_port)
 
 
 def _storescu(peer: DimsePeer, files: list[Path]) -> subprocess.Popen[bytes]:

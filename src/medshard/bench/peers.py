@@ -9,14 +9,23 @@ dcmtk prints (``$dcmtk: storescu v3.6.7 2022-04-22 $``).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from medshard.errors import ConfigError
+from medshard.node.launcher import free_port
 
 DCMTK_BANNER = re.compile(r"\$dcmtk: (\S+) v(\d+\.\d+\.\d+)")
 
@@ -65,3 +74,57 @@ def dcmtk_available(*tools: str) -> list[str]:
         except ConfigError:
             missing.append(tool)
     return missing
+
+
+@dataclass(frozen=True)
+class OrthancProcess:
+    """A running throwaway Orthanc: its HTTP root and its DICOM port and AE title."""
+
+    url: str
+    dicom_port: int
+    ae_title: str
+
+
+@contextmanager
+def orthanc(root: Path, **config: Any) -> Iterator[OrthancProcess]:
+    """Orthanc (Debian's) in ``root`` on free loopback ports, default configuration plus
+    ``config``; yields once its REST API answers, stops it afterwards."""
+    root.mkdir(parents=True)
+    http_port, dicom_port = free_port(), free_port()
+    settings = {
+        "Name": "medshard-bench",
+        "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "BENCHORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        **config,
+    }
+    (root / "orthanc.json").write_text(json.dumps(settings))
+    with open(root / "orthanc.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/system", timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (root / "orthanc.log").read_text(errors="replace")[-2000:]
+                raise ConfigError(f"Orthanc did not start:\n{tail}")
+            time.sleep(0.3)
+        yield OrthancProcess(url, dicom_port, str(settings["DicomAet"]))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
