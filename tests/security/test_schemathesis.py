@@ -48,12 +48,17 @@ def test_no_generated_request_gets_a_server_error(
         "/api/auth/logout",  # would end the session the run uses
         "--exclude-path-regex",
         "/erase$",  # an admin run would crypto-shred the world's patients
+        # the fuzzer's own data-generation health checks time out on a loaded machine; they
+        # judge the generator, not the server (a server error still fails the run)
+        "--suppress-health-check",
+        "too_slow,filter_too_much",
         "--no-color",
         "--request-timeout",
         "30",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    tail = (result.stdout + result.stderr)[-6000:]
+    output = result.stdout + result.stderr
+    tail = output if len(output) < 12000 else f"{output[:6000]}\n[...]\n{output[-6000:]}"
     assert result.returncode == 0, tail
     import re
 
