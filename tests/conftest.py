@@ -103,6 +103,29 @@ class Deployment:
     def data_dirs(self) -> list[Path]:
         return [n.data_dir for n in self.nodes]
 
+    def nodes_by_copies(self) -> list[NodeProcess]:
+        """Node processes, those holding the most copies (as the catalog records) first.
+
+        Placement follows each patient's care sites, so which node holds anything depends on the
+        data; a fault test picks its victim from here rather than by index, or it may strike a
+        node that holds nothing and test nothing."""
+        from sqlalchemy import func, select
+
+        from medshard.catalog.models import Node, Replica
+
+        catalog = Catalog(self.settings.database_url)
+        with catalog.session() as session:
+            held = dict(
+                session.execute(
+                    select(Node.name, func.count(Replica.id))
+                    .join(Replica, Replica.node_pk == Node.id)
+                    .where(Replica.state == "ok")
+                    .group_by(Node.name)
+                ).all()
+            )
+        catalog.dispose()
+        return sorted(self.nodes, key=lambda n: -int(held.get(n.name, 0)))
+
 
 def make_deployment(
     root: Path, db_url: str = "", node_count: int = 4, sites: list[str] | None = None

@@ -65,7 +65,7 @@ def test_kill_one_node_everything_reads_back_and_repair_restores_k(
 ) -> None:
     report = _import(deployment, dicom_dir)
     assert report["imported"], report
-    victim = deployment.nodes[1]
+    victim = deployment.nodes_by_copies()[0]
     victim.kill()  # kill -9
     _assert_all_back(deployment, report["imported"], tmp_path / "out1")
 

@@ -71,7 +71,7 @@ def test_returning_node_loses_its_orphans_and_keeps_live_chunks(
     fleet: tuple[Deployment, Service],
 ) -> None:
     dep, svc = fleet
-    victim = dep.nodes[2]
+    victim = dep.nodes_by_copies()[0]
     orphan_bytes = os.urandom(2048)
     orphan = hashlib.sha256(orphan_bytes).hexdigest()
     with client(dep, victim.name) as c:
@@ -92,7 +92,7 @@ def test_scrubber_finds_flipped_bytes_nobody_read_and_a_vanished_copy(
     fleet: tuple[Deployment, Service],
 ) -> None:
     dep, svc = fleet
-    node = dep.nodes[0]
+    node, gone_node = dep.nodes_by_copies()[:2]
     chunk_id = held_by(dep, node.name)[0]
     with client(dep, node.name) as c:
         original = c.get(chunk_id)
@@ -106,7 +106,6 @@ def test_scrubber_finds_flipped_bytes_nobody_read_and_a_vanished_copy(
                 fh.write(bytes(b ^ 0xFF for b in original[100:116]))
             flipped = True
     assert flipped
-    gone_node = dep.nodes[1]
     gone = held_by(dep, gone_node.name)[0]
     with client(dep, gone_node.name) as c:
         assert c.delete(gone)  # behind the catalog's back

@@ -75,7 +75,7 @@ def test_kill_9_is_suspect_then_dead_after_the_delay_and_only_then_repaired(
     imported = dep.cli_json("import", str(sample_dicom_dir()))["imported"]
     assert imported
     wait_for("a healthy cluster", lambda: status(svc)["under_replicated"] == 0)
-    victim = dep.nodes[1]
+    victim = dep.nodes_by_copies()[0]
 
     # a blip: killed, suspect, back before the dead delay -> no copying at all
     victim.kill()
