@@ -67,6 +67,40 @@ def test_valid_generated_files_pass_in_every_encoding() -> None:
     assert fields.rows == 64 and fields.sop_instance_uid
 
 
+def test_the_walk_yields_the_same_catalog_fields_as_a_full_header_parse() -> None:
+    """Ingest parses once: validation keeps the indexed elements raw and pydicom decodes them
+    (character set included); every field must equal what pydicom's own parse gives."""
+    files = [p.read_bytes() for p in shared_dicom().rglob("*.dcm") if p.stat().st_size > 0]
+    files += [p.read_bytes() for p in sorted(SAMPLES.glob("*.dcm"))]
+    for syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
+        files.append(hostile.valid_file(syntax=syntax, frames=2))
+    charsets: list[tuple[str | list[str], str]] = [
+        ("ISO_IR 192", "Müller^Zoë"),
+        ("ISO_IR 100", "Gérard^Dépardieu"),
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
+    ]
+    for charset, name in charsets:
+        ds = hostile.image()
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.StudyDescription = "Thorax ünd Abdomen"
+        files.append(hostile.encode(ds))
+    files.append(hostile.deflated_file())
+    compared = 0
+    for data in files:
+        try:
+            parsed = instance_fields(read_header(io.BytesIO(data)))
+            checked = check(data)
+        except InvalidInputError:
+            continue  # refused files are another test's business
+        assert checked.header is not None
+        assert instance_fields(checked.header) == parsed
+        compared += 1
+    assert compared > 250
+    utf8 = instance_fields(check(files[-4]).header)  # type: ignore[arg-type]
+    assert utf8.patient_name == "Müller^Zoë"
+
+
 def test_pixel_data_shorter_or_longer_than_the_image_is_refused() -> None:
     reason = refused(hostile.half_pixel_data())
     assert "holds 4096 bytes" in reason and "need 8192" in reason and "truncated" in reason

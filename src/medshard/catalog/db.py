@@ -28,8 +28,14 @@ T = TypeVar("T")
 def make_engine(url: str) -> Engine:
     """An engine tuned for the catalog's access pattern on either backend."""
     if url.startswith("sqlite"):
+        # Every thread that writes or reads keeps its connection: a connection beyond the pool
+        # is closed on return and the next one pays the connect and the pragmas again
+        # (measured: 6% of the service's time under STOW-RS with pool_size=8).
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": 60},
+            pool_size=48,
+            max_overflow=16,
         )
 
         @event.listens_for(engine, "connect")
@@ -45,6 +51,36 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql"):
         return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
     raise ConfigError(f"unsupported catalog URL {url!r}: use sqlite:/// or postgresql+psycopg://")
+
+
+_SCRATCH = "medshard.transaction_scratch"
+
+
+def transaction_scratch(session: Session) -> dict[str, Any]:
+    """Scratch space that lives as long as the session's current transaction.
+
+    Work that many writes of one group commit repeat (a care-team touch, an audit chain
+    append) is done once per transaction through it. Emptied when the transaction commits or
+    rolls back, so nothing leaks into the session's next transaction.
+    """
+    scratch: dict[str, Any] = session.info.setdefault(_SCRATCH, {})
+    return scratch
+
+
+def peek_scratch(session: Session) -> dict[str, Any] | None:
+    """The current transaction's scratch space, if anything was put there."""
+    return session.info.get(_SCRATCH)
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_scratch_on_commit(session: Session) -> None:
+    session.info.pop(_SCRATCH, None)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_scratch_on_rollback(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is None:  # the outermost transaction, not a savepoint
+        session.info.pop(_SCRATCH, None)
 
 
 def alembic_config(url: str) -> Config:

@@ -11,6 +11,7 @@ data, inflation cap) are :mod:`medshard.ingest.validate`'s.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from pydicom.filereader import read_dataset, read_preamble
@@ -176,9 +178,18 @@ def _validate(ds: Dataset) -> None:
             raise InvalidDicomError(f"{kw} {_text(ds, kw, 80)!r} is not a valid UID: {problem}")
 
 
+@functools.cache
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"no DICOM keyword {keyword!r}")
+    return tag
+
+
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
-    try:
-        value: Any = ds.get(keyword)
+    try:  # by tag: pydicom's lookup by keyword costs more than reading the value
+        element = ds.get(_tag(keyword))
+        value: Any = element.value if element is not None else None
     except Exception:  # a malformed element: treat as absent
         return ""
     if value is None:
@@ -226,6 +237,18 @@ class InstanceFields:
     columns: int | None
     number_of_frames: int | None
     bits_allocated: int | None
+
+
+#: The top-level elements :func:`instance_fields` reads, plus the character set that decodes
+#: them: validation keeps these raw as it walks the file, so the header is parsed once.
+INDEXED_KEYWORDS: Final = (
+    "SpecificCharacterSet", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+    "StudyDescription", "ReferringPhysicianName", "SeriesInstanceUID", "Modality",
+    "SeriesNumber", "SeriesDescription", "BodyPartExamined", "SeriesDate", "SeriesTime",
+    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
+    "BitsAllocated",
+)  # fmt: skip
 
 
 def instance_fields(ds: Dataset) -> InstanceFields:

@@ -129,7 +129,10 @@ class Ingestor:
         cap = self.archive.settings.max_decompressed_bytes
         try:
             checked = validate_stream(fh, max_decompressed_bytes=cap)
-            fields = instance_fields(read_header(fh, source, max_inflated_bytes=cap))
+            header = checked.header  # one pass: the walk kept what the catalog indexes
+            if header is None:
+                header = read_header(fh, source, max_inflated_bytes=cap)
+            fields = instance_fields(header)
         except InvalidInputError as exc:
             metrics.INGEST_TOTAL.labels("rejected").inc()
             return IngestOutcome("rejected", source, reason=str(exc), code=Rejection.INVALID)

@@ -27,10 +27,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final, cast
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from medshard.errors import InvalidDicomError
-from medshard.ingest.dicom import check_signature
+from medshard.ingest.dicom import INDEXED_KEYWORDS, check_signature
 from medshard.ingest.inflate import DEFLATED, InflatingReader, InflationLimitError
 from medshard.ingest.preamble import PREAMBLE_SIZE, ZeroedPreamble, preamble_threat
 
@@ -50,6 +54,10 @@ _ROWS, _COLUMNS, _SAMPLES, _BITS = 0x00280010, 0x00280011, 0x00280002, 0x0028010
 _FRAMES, _PHOTOMETRIC, _TSYNTAX = 0x00280008, 0x00280004, 0x00020010
 #: Small top-level values the checks need (the transfer syntax is read from the file meta).
 _CAPTURED: Final = frozenset({_ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES, _PHOTOMETRIC, _TSYNTAX})
+#: Top-level elements kept raw for the catalog's fields (see ``Validation.header``); longer
+#: values than this are not index material and are skipped.
+_INDEXED: Final = frozenset(cast(int, tag_for_keyword(k)) for k in INDEXED_KEYWORDS)
+_MAX_INDEXED_LENGTH: Final = 1024
 _VRS: Final = frozenset(
     {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF"}
     | {"OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN"}
@@ -69,6 +77,10 @@ class Validation:
     preamble_at: int | None = None
     #: Why the preamble must be zeroed on store (``None``: store it as it is).
     preamble_threat: str | None = None
+    #: The top-level elements the catalog indexes, as pydicom decodes them (character set
+    #: included) from the raw bytes the walk kept: what ``read_header`` would give for them,
+    #: without parsing the header a second time.
+    header: Dataset | None = field(default=None, compare=False, repr=False)
 
     @property
     def note(self) -> str:
@@ -132,10 +144,15 @@ def _validate(fh: BinaryIO, start: int, cap: int) -> Validation:
     walker.dataset(None, 0)
     _check_pixels(walker, tsyntax, cap)
     preamble = head[:PREAMBLE_SIZE] if has_preamble else b""
+    header = Dataset(walker.raw)
+    header.file_meta = FileMetaDataset()
+    if tsyntax:
+        header.file_meta.TransferSyntaxUID = UID(tsyntax)
     return Validation(
         tsyntax,
         preamble_at=start if has_preamble else None,
         preamble_threat=preamble_threat(preamble) if has_preamble else None,
+        header=header,
     )
 
 
@@ -216,6 +233,7 @@ class _Walker:
     implicit: bool
     little: bool
     values: dict[int, bytes] = field(default_factory=dict)
+    raw: dict[BaseTag, DataElement | RawDataElement] = field(default_factory=dict)
     pixel_tag: int | None = None
     pixel_length: int | None = None  # None: encapsulated
     fragments: int = 0
@@ -302,8 +320,16 @@ class _Walker:
             )
         if vr == "SQ":
             self._sequence(tag, cur.tell() + length, depth + 1, defined=True)
-        elif top and tag in _CAPTURED and length <= 64:
-            self.values[tag] = cur.read(length, f"element {_tag(tag)}")
+        elif top and (tag in _CAPTURED or tag in _INDEXED) and length <= _MAX_INDEXED_LENGTH:
+            tell = cur.tell()
+            value = cur.read(length, f"element {_tag(tag)}")
+            if tag in _CAPTURED and length <= 64:
+                self.values[tag] = value
+            if tag in _INDEXED:
+                key = BaseTag(tag)
+                self.raw[key] = RawDataElement(
+                    key, vr, length, value, tell, self.implicit, self.little, True, False
+                )
         else:
             cur.skip(length, f"element {_tag(tag)}")
 

@@ -36,12 +36,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import AuditEvent, AuditHead
-from medshard.catalog.db import Catalog
+from medshard.catalog.db import Catalog, peek_scratch, transaction_scratch
 from medshard.catalog.models import Patient, utcnow
 from medshard.errors import ConfigError
 from medshard.storage.keys import KeyProvider
@@ -138,6 +139,19 @@ def ensure_head(catalog: Catalog, keys: KeyProvider) -> None:
         pass  # another process created it first
 
 
+_AT_COMMIT = "audit"
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _chain_at_commit(session: Session) -> None:
+    """Chain the events :meth:`AuditLog.append_at_commit` held back, in the committing
+    transaction (a failure here fails the commit: no change lands unaudited)."""
+    scratch = peek_scratch(session)
+    pending = scratch.pop(_AT_COMMIT, None) if scratch else None
+    for log, rows in pending or ():
+        log._chain(session, rows)
+
+
 #: Looks up a patient's plaintext key; None once the patient has been erased.
 PatientKeyOf = Callable[[Session, int], bytes | None]
 
@@ -179,24 +193,34 @@ class AuditLog:
     # -- append in the caller's transaction ----------------------------------------------
     def append(self, session: Session, *events: Event) -> None:
         """Chain ``events`` inside ``session``'s transaction (they commit with it, or not)."""
-        if not events:
-            return
+        if events:
+            self._chain(session, [self._row(session, event) for event in events])
+
+    def append_at_commit(self, session: Session, *events: Event) -> None:
+        """As :meth:`append`, but chained just before the transaction commits, with every
+        other event appended this way in it: a group commit of N stores takes the chain's
+        head once, not N times (four statements each; measured: 16% of the service's time
+        under STOW-RS). Each event is sealed now, with the patient key it has now."""
+        if events:
+            pending = transaction_scratch(session).setdefault(_AT_COMMIT, [])
+            pending.append((self, [self._row(session, event) for event in events]))
+
+    def _chain(self, session: Session, rows: list[dict[str, Any]]) -> None:
         key = self.chain_key(session)
         conn = session.connection()  # Core: the ORM execute layer costs ~0.3 ms a statement
         conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
         seq, prev = conn.execute(
             select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
         ).one()
-        rows = []
-        for event in events:
+        for row in rows:
             seq += 1
-            row = self._row(session, event, seq, prev)
+            row["seq"], row["prev_hash"] = seq, prev
             row["hash"] = prev = chain_hash(key, row)
-            rows.append(row)
         conn.execute(AuditEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
         conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
 
-    def _row(self, session: Session, event: Event, seq: int, prev: str) -> dict[str, Any]:
+    def _row(self, session: Session, event: Event) -> dict[str, Any]:
+        """The event's columns, sealed; ``seq``, ``prev_hash`` and ``hash`` come with the chain."""
         tag = sealed = None
         if event.patient_pk is not None:
             pkey = self.patient_key_of(session, event.patient_pk)
@@ -209,7 +233,7 @@ class AuditLog:
                 sealed = seal(pkey, secret) if secret else None
         actor = "patient" if event.sealed_actor else event.actor
         return {
-            "seq": seq,
+            "seq": 0,
             "at": utcnow().isoformat(timespec="microseconds"),
             "actor": actor[:160],
             "role": event.role,
@@ -221,7 +245,7 @@ class AuditLog:
             "sealed": sealed,
             "detail": event.detail[:2000],
             "flagged": event.flagged,
-            "prev_hash": prev,
+            "prev_hash": "",
         }
 
     # -- background appends (reads, denials) ---------------------------------------------
