@@ -35,13 +35,15 @@ demo: $(STAMP) $(WEB_STAMP)
 test: $(STAMP) $(WEB_STAMP) system-deps
 	$(BIN)/pytest -q tests
 
-# DICOM peers (dcmtk, Orthanc) from Debian's packages, for the interoperability tests, and
-# Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser).
+# DICOM peers (dcmtk, Orthanc) from Debian's packages, for the interoperability tests,
+# Debian's chromium for the browser tests (Playwright drives it; it never downloads a browser),
+# and iptables to cut a storage node off the network in the fault tests (as root).
 system-deps:
-	@command -v storescu >/dev/null && command -v Orthanc >/dev/null && command -v chromium >/dev/null || \
+	@command -v storescu >/dev/null && command -v Orthanc >/dev/null && command -v chromium >/dev/null \
+	  && command -v iptables >/dev/null || \
 	  (command -v apt-get >/dev/null && (apt-get update -qq && \
-	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb chromium >/dev/null) \
-	   || echo "warning: could not install dcmtk/orthanc/chromium; their tests will be skipped")
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb chromium iptables >/dev/null) \
+	   || echo "warning: could not install dcmtk/orthanc/chromium/iptables; their tests will be skipped")
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -128,8 +128,14 @@ class Deployment:
 
 
 def make_deployment(
-    root: Path, db_url: str = "", node_count: int = 4, sites: list[str] | None = None
+    root: Path,
+    db_url: str = "",
+    node_count: int = 4,
+    sites: list[str] | None = None,
+    hosts: list[str] | None = None,
 ) -> Deployment:
+    """A fresh home with ``node_count`` node processes registered, the i-th at
+    ``sites[i % len]`` listening on ``hosts[i % len]`` (loopback addresses; default 127.0.0.1)."""
     home = root / "home"
     runner = CliRunner()
     args = ["init", "--home", str(home)]
@@ -143,13 +149,15 @@ def make_deployment(
     site_names = sites or SITES
     for i in range(node_count):
         site = site_names[i % len(site_names)]
+        host = hosts[i % len(hosts)] if hosts else "127.0.0.1"
         proc = start_node_process(
             f"node{i}",
             site,
-            free_port(),
+            free_port(host),
             root / f"node{i}",
             settings.node_secret,
             log_path=root / f"node{i}.log",
+            host=host,
         )
         nodes.append(proc)
     for proc in nodes:

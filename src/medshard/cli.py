@@ -72,6 +72,12 @@ def init(
         raise _fail(str(exc)) from exc
     state = "ready" if created else "already initialised; catalog schema brought up to date"
     out.print(f"medshard home {settings.home} {state} (catalog: {_redact(settings.database_url)})")
+    from medshard.cli_backup import announce_new_key
+
+    try:
+        announce_new_key(settings.home)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _redact(url: str) -> str:
@@ -168,7 +174,8 @@ def get(
             if row is None:
                 raise NotFoundError(f"no instance with SOP Instance UID {sop}")
             gate.read(caller.principal, "export", patient_pk=row[1], study_uid=row[0], sop_uid=sop)
-            _write_object(archive, archive.store.load_key_of_instance(sop), output)
+            key = archive.store.load_key_of_instance(sop)
+            _write_object(archive, key, output, near_site=gate.site_of(caller.principal))
     except NotFoundError as exc:
         raise _fail(str(exc), 2) from exc
     except MedshardError as exc:
@@ -182,13 +189,16 @@ def _gate(archive: Archive) -> Gate:
     return Gate(archive)
 
 
-def _write_object(archive: Archive, object_key: str, output: Path) -> None:
-    """Stream an object to a file, atomically (a failed read leaves no partial file)."""
+def _write_object(
+    archive: Archive, object_key: str, output: Path, *, near_site: str | None = None
+) -> None:
+    """Stream an object to a file, atomically (a failed read leaves no partial file), from
+    the replicas nearest ``near_site`` (the caller's site)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".part")
     try:
         with open(tmp, "wb") as fh:
-            for piece in archive.store.read(object_key):
+            for piece in archive.store.read(object_key, near_site=near_site):
                 fh.write(piece)
         tmp.replace(output)
     finally:
@@ -227,8 +237,10 @@ def export(
                 ).all()
             if not rows:
                 raise _fail(f"no study with Study Instance UID {study}", 2)
+            site = gate.site_of(caller.principal)
             for series_uid, sop, object_key in rows:
-                _write_object(archive, object_key, out_dir / series_uid / f"{sop}.dcm")
+                target = out_dir / series_uid / f"{sop}.dcm"
+                _write_object(archive, object_key, target, near_site=site)
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
     out.print(f"exported {len(rows)} instance(s) to {out_dir}")
@@ -249,15 +261,17 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         print(json.dumps(report, indent=2))
         return
     table = Table(title="storage nodes")
-    for col in ("name", "site", "state", "used", "capacity", "chunks", "url", "rtt/predicted ms"):
+    for col in ("name", "site", "state", "used", "capacity", "free", "chunks", "url"):
         table.add_column(col)
+    table.add_column("rtt/predicted ms")
     for n in report["nodes"]:
         table.add_row(
             n["name"],
             n["site"],
-            n["state"],
+            n["state"] + (", FULL" if n["full"] else ""),
             _size(n["used_bytes"]),
             _size(n["capacity_bytes"]) if n["capacity_bytes"] else "unlimited",
+            _size(n["free_bytes"]) if n["free_bytes"] is not None else "?",
             str(n["chunks"]),
             n["url"],
             f"{n['rtt_ms']:.2f}/{n['predicted_rtt_ms']:.2f}",
@@ -275,6 +289,15 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         f"{shards['used']}/{shards['total']} (objects per shard {shards['min_objects']}-"
         f"{shards['max_objects']}); under-replicated objects {report['under_replicated']}"
     )
+    backup = report["backup"]
+    if backup["last_backup_at"]:
+        out.print(
+            f"metadata backup {backup['last_backup_at']} ({_size(backup['bytes'] or 0)}) on "
+            f"{backup['copies']}/{backup['wanted']} nodes"
+            + (f"; last error: {backup['last_error']}" if backup["last_error"] else "")
+        )
+    else:
+        out.print("metadata backup: none yet (`medshard backup`)")
 
 
 def _size(n: int) -> str:
@@ -557,10 +580,17 @@ def _mount_cluster() -> None:
     mount(app)
 
 
+def _mount_backup() -> None:
+    from medshard.cli_backup import mount
+
+    mount(app)
+
+
 _mount_optional()
 _mount_security()
 _mount_records()
 _mount_cluster()
+_mount_backup()
 
 
 def main() -> None:

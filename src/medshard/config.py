@@ -20,6 +20,8 @@ from medshard.errors import ConfigError
 
 CONFIG_NAME = "medshard.toml"
 MASTER_KEY_NAME = "master.key"
+#: The key that seals metadata backups; copy it off the machine (losing the home loses it).
+RECOVERY_KEY_NAME = "recovery.key"
 HOME_ENV = "MEDSHARD_HOME"
 
 
@@ -77,6 +79,13 @@ class Settings:
     #: as equally near (capacity-weighted hashing then spreads the load among them).
     min_reliability: float = 0.5
     near_slack_ms: float = 0.5
+    #: Metadata backups (see medshard/cluster/metadata_backup.py): the service writes an
+    #: encrypted snapshot of the catalog, settings and master key to ``replicas`` storage
+    #: nodes every this many seconds (0 disables), and soon after a node joins, leaves or dies;
+    #: the newest ``backup_keep`` backups are kept. Objects acknowledged after the newest
+    #: backup are not in it: the window is at most this long.
+    backup_interval_s: float = 300.0
+    backup_keep: int = 3
     #: Timeout for one request to a storage node (seconds).
     node_timeout_s: float = 30.0
     #: Parallel file imports in ``medshard import``.
@@ -140,6 +149,10 @@ class Settings:
         return self.home / MASTER_KEY_NAME
 
     @property
+    def recovery_key_path(self) -> Path:
+        return self.home / RECOVERY_KEY_NAME
+
+    @property
     def database_url(self) -> str:
         """The catalog URL, SQLite in the home unless ``db_url`` says otherwise."""
         if self.db_url:
@@ -158,6 +171,8 @@ class Settings:
             raise ConfigError("chunk_size must be at least 4096 bytes")
         if self.shards < 1:
             raise ConfigError("shards must be at least 1")
+        if self.backup_keep < 1:
+            raise ConfigError("backup_keep must be at least 1 (the newest backup is never deleted)")
         for rule in self.analysis_rules:
             for prior in (rule.prior, *rule.site_priors.values()):
                 if not 0.0 <= float(prior) < 1.0:

@@ -15,6 +15,7 @@ DIMSE service each map them to protocol statuses in one place::
     │   └── VersionConflictError   an update that does not name the version it replaces
     ├── StorageError             bytes could not be written or read
     │   ├── NodeUnavailableError one storage node did not answer, or refused
+    │   │   └── NodeFullError    one storage node is out of space (HTTP 507)
     │   ├── ChecksumMismatchError   bytes did not hash to what was asked for (corruption)
     │   ├── NoQuorumError        fewer than the write quorum acknowledged a durable write
     │   └── InsufficientNodesError  not enough live nodes to place or repair k replicas
@@ -84,6 +85,11 @@ class NodeUnavailableError(StorageError):
         super().__init__(f"storage node {node!r} unavailable: {reason}")
         self.node = node
         self.reason = reason
+
+
+class NodeFullError(NodeUnavailableError):
+    """A storage node refused a write for want of space (its disk or configured capacity is
+    full): the node is up and keeps serving reads; place the copy elsewhere."""
 
 
 class ChecksumMismatchError(StorageError):

@@ -11,7 +11,10 @@ catalog), then, each bounded in time or bytes:
 - **scrub** a slice of the stored copies (``scrub_bytes_per_s``);
 - **drain** nodes an admin is draining, and **migrate** patients whose care team gained a
   site, both copy-verify-switch-delete at ``rebalance_bytes_per_s``;
-- send queued chunk DELETEs.
+- send queued chunk DELETEs;
+- **back up** the catalog, settings and master key to the nodes, encrypted, every
+  ``backup_interval_s`` and soon after a node joins, leaves or changes availability
+  (:mod:`medshard.cluster.metadata_backup`; the backup runs on its own thread).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from medshard.catalog.models import CareSite, Replica
 from medshard.cluster.archive import Archive
 from medshard.cluster.deletions import drain_deletions
 from medshard.cluster.health import NodeState
+from medshard.cluster.metadata_backup import BackupScheduler
 from medshard.cluster.rebalance import RateLimiter, drain_step, migrate_patient, pending_drain
 from medshard.cluster.reconcile import Reconciler
 from medshard.cluster.repair import RepairReport, repair, under_replicated_objects
@@ -52,6 +56,7 @@ class HealthMonitor:
         self.last_repair: float = 0.0
         self.reconciler = Reconciler(archive)
         self.scrubber = Scrubber(archive)
+        self.backups = BackupScheduler(archive)
         self.limiter = RateLimiter(archive.settings.rebalance_bytes_per_s)
         self._care_cursor = datetime.now(UTC)
         self.totals: dict[str, int] = {
@@ -74,6 +79,7 @@ class HealthMonitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.backups.wait(timeout=5)  # a daemon thread: never hold up shutdown for long
 
     def tick(self) -> None:
         pool = self.archive.pool
@@ -89,6 +95,7 @@ class HealthMonitor:
                 died |= handle.state == NodeState.DEAD
                 if handle.available and was is not None and not was[1]:
                     self._reconcile(name)
+        self.backups.step()  # after the probe: it picks live nodes and follows their changes
         for name in self.reconciler.pending_nodes():
             if name in nodes and nodes[name].available:
                 self._reconcile(name)
@@ -158,6 +165,7 @@ class HealthMonitor:
                 "orphan_candidates": len(self.reconciler.first_seen),
             },
             "scrub": vars(self.scrubber.stats).copy(),
+            "backup": self.backups.stats(),
         }
 
     def _run(self) -> None:

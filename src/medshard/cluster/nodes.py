@@ -4,10 +4,15 @@ Health is probed, not assumed: :meth:`NodePool.probe` asks every node's ``/healt
 parallel and records state, usage and last-seen time in the catalog. Between probes, a node
 that fails a request is treated as unavailable for new placements in this process, so a node
 killed mid-import costs one failed request, not one per file.
+
+A node that answers a write with 507 (out of space) is *full*, not failed: it keeps serving
+reads and heartbeats, placement skips it, and the write goes to another node. A probe clears
+the mark once the node reports room for a whole chunk again (:func:`room_of`).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -34,6 +39,24 @@ from medshard.config import Settings
 from medshard.errors import MedshardError, NotFoundError
 from medshard.storage.node_client import NodeClient
 
+log = logging.getLogger(__name__)
+
+#: Room a node needs beyond one plaintext chunk (the envelope, the record header, slack).
+CHUNK_OVERHEAD_BYTES = 64 * 1024
+
+
+def room_of(health: dict[str, Any]) -> int | None:
+    """Bytes a node can still take, from its ``/health``: free disk space, bounded by what is
+    left of its configured capacity; None if it does not say."""
+    free = health.get("free_disk_bytes")
+    if free is None:
+        return None
+    room = int(free)
+    capacity = int(health.get("capacity_bytes") or 0)
+    if capacity > 0:
+        room = min(room, capacity - int(health.get("used_bytes", 0)))
+    return max(room, 0)
+
 
 @dataclass
 class NodeHandle:
@@ -58,6 +81,10 @@ class NodeHandle:
     coordinate: Coordinate = field(default_factory=Coordinate)
     rtt_ms: float = 0.0
     last_probe: float = 0.0
+    #: Out of space: answered a write with 507, or reported too little room at a probe.
+    full: bool = False
+    #: Bytes the node can still take, as its last health said (None: not known yet).
+    free_bytes: int | None = None
 
     def view(self) -> NodeView:
         c = self.coordinate
@@ -71,6 +98,7 @@ class NodeHandle:
             reliability=self.reliability,
             draining=self.admin_state != "active",
             coord=(c.x, c.y, c.h) if c.error < 1.0 else None,
+            out_of_space=self.full,
         )
 
     @property
@@ -213,6 +241,14 @@ class NodePool:
         if handle is not None:
             handle.reachable = False
 
+    def mark_full(self, name: str) -> None:
+        """The node refused a write for want of space: place nothing on it until a probe
+        finds room again. It stays reachable (reads, heartbeats) and is not failed."""
+        handle = self.nodes.get(name)
+        if handle is not None and not handle.full:
+            handle.full = True
+            log.warning("storage node %s is full: placing new copies elsewhere", name)
+
     def probe(self, *, persist: bool = True) -> dict[str, NodeHandle]:
         """Ask every node for its health in parallel; update states (and the catalog)."""
         self.reload()
@@ -240,6 +276,7 @@ class NodePool:
                 handle.used_bytes = int(health.get("used_bytes", 0))
                 handle.chunks = int(health.get("chunks", 0))
                 handle.last_seen = now
+                self._update_room(handle, room_of(health))
                 handle.observe_latency(elapsed)
                 handle.state = next_state(handle.state, HealthEvent.HEARTBEAT)
             else:
@@ -253,6 +290,20 @@ class NodePool:
         if persist:
             self._persist(handles)
         return self.nodes
+
+    def _update_room(self, handle: NodeHandle, room: int | None) -> None:
+        handle.free_bytes = room
+        if room is None:
+            return
+        full = room < self.settings.chunk_size + CHUNK_OVERHEAD_BYTES
+        if full != handle.full:
+            log.warning(
+                "storage node %s %s (%d bytes of room)",
+                handle.name,
+                "is full: placing new copies elsewhere" if full else "has room again",
+                room,
+            )
+        handle.full = full
 
     def measure_peers(self, rng: random.Random | None = None) -> int:
         """Each available node measures its RTT to one random other node; both coordinates

@@ -4,12 +4,15 @@ Write (``write`` then ``record``, both driven by :meth:`Archive.put_object`, the
 path): a fresh data key per object; the plaintext is read chunk by chunk, each chunk sealed,
 content-addressed and PUT to the object's replica set in parallel. A chunk is acknowledged once
 ``write_quorum`` nodes made it durable; nodes that failed are left for repair (the catalog
-records only real copies). ``record`` wraps the data key under the patient's key and adds the
-catalog rows inside the caller's transaction, after the bytes are durable.
+records only real copies). A node that answers "full" (507) is marked so in the pool and the
+copy goes to the next node placement picks instead, so a full node costs no copy.
+``record`` wraps the data key under the patient's key and adds the catalog rows inside the
+caller's transaction, after the bytes are durable.
 
-Read (``read``): replicas ordered by health and measured latency ("nearest" first); every chunk
-is hash-verified before it is decrypted. A corrupt or missing copy is marked in the catalog
-(which queues it for repair) and the next replica is tried.
+Read (``read``): replicas ordered by health, then nearest to the requesting site when the
+caller names one (``near_site``), else by measured latency; every chunk is hash-verified
+before it is decrypted. A corrupt or missing copy is marked in the catalog (which queues it
+for repair) and the next replica is tried.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -37,7 +41,9 @@ from medshard.cluster.placement import CareAwarePlacement, PlacementPolicy, site
 from medshard.config import Settings
 from medshard.errors import (
     ChecksumMismatchError,
+    InsufficientNodesError,
     MedshardError,
+    NodeFullError,
     NoQuorumError,
     NotFoundError,
     StorageError,
@@ -189,6 +195,26 @@ class ObjectStore:
                 )
             return targets
 
+        def spares_of(idx: int, targets: list[str]) -> Callable[[], str | None]:
+            """The next node for chunk ``idx`` when a target turns out full (None: no more)."""
+            key = object_key if idx == 0 else f"{object_key}/{idx}"
+            taken = set(targets)
+            lock = threading.Lock()
+
+            def spare() -> str | None:
+                with lock:  # the chunk's puts run in parallel: never one node twice
+                    try:
+                        views_now = self.pool.views()  # the full node marked as such
+                        names = self.placement.place(
+                            key, views_now, 1, exclude=taken, care_sites=care_sites, sites=sites
+                        )
+                    except InsufficientNodesError:
+                        return None
+                    taken.update(names)
+                    return names[0] if names else None
+
+            return spare
+
         targets_of(0)  # no node for a quorum: refuse before reading anything
         result = WrittenObject(
             object_key=object_key,
@@ -199,16 +225,18 @@ class ObjectStore:
         )
         digest = hashlib.sha256()
         start = time.perf_counter()
-        pending: list[tuple[int, str, int, list[tuple[str, Future[bool]]]]] = []
+        pending: list[tuple[int, str, int, list[tuple[str, Future[str | None]]]]] = []
         try:
             for idx, plain in enumerate(iter_chunks(stream, chunk_size)):
                 digest.update(plain)
                 result.size += len(plain)
                 sealed = cipher.seal(idx, plain)
                 cid = chunk_id_of(sealed)
+                targets = targets_of(idx)
+                spare = spares_of(idx, targets)
                 futures = [
-                    (name, self.pool.executor.submit(self._put, name, cid, sealed))
-                    for name in targets_of(idx)
+                    (name, self.pool.executor.submit(self._put, name, cid, sealed, spare))
+                    for name in targets
                 ]
                 pending.append((idx, cid, len(sealed), futures))
                 while len(pending) > 1:  # at most two chunks in flight per object
@@ -219,7 +247,7 @@ class ObjectStore:
                 pending.pop(0)
         except BaseException:
             for idx, cid, size, futures in pending:  # let in-flight PUTs land, then undo them
-                landed = [name for name, fut in futures if not fut.cancel() and fut.result()]
+                landed = [h for _n, fut in futures if not fut.cancel() and (h := fut.result())]
                 result.chunks.append(WrittenChunk(idx, cid, size, landed))
             self.discard(result)
             raise
@@ -228,22 +256,45 @@ class ObjectStore:
         metrics.STORE_WRITE_BYTES.inc(result.size)
         return result
 
-    def _put(self, node: str, chunk_id: str, data: bytes) -> bool:
-        handle = self.pool.get(node)
-        start = time.perf_counter()
-        try:
-            handle.client.put(chunk_id, data)
-        except MedshardError as exc:
-            self.pool.mark_failed(node)
-            log.warning("write of chunk %s to %s failed: %s", chunk_id[:12], node, exc)
-            return False
-        handle.observe_latency(time.perf_counter() - start)
-        return True
+    def _put(
+        self,
+        node: str,
+        chunk_id: str,
+        data: bytes,
+        spare: Callable[[], str | None] | None = None,
+    ) -> str | None:
+        """PUT one copy; the node that made it durable, or None. A full node is marked so and
+        the copy goes to ``spare()`` instead (and so on while nodes turn out full)."""
+        while True:
+            handle = self.pool.get(node)
+            start = time.perf_counter()
+            try:
+                handle.client.put(chunk_id, data)
+            except NodeFullError as exc:
+                self.pool.mark_full(node)
+                replacement = spare() if spare is not None else None
+                instead = replacement or "no other node"
+                log.warning("chunk %s: %s; writing it to %s", chunk_id[:12], exc, instead)
+                if replacement is None:
+                    return None
+                node = replacement
+                continue
+            except MedshardError as exc:
+                self.pool.mark_failed(node)
+                log.warning("write of chunk %s to %s failed: %s", chunk_id[:12], node, exc)
+                return None
+            handle.observe_latency(time.perf_counter() - start)
+            return node
 
     def _settle(
-        self, idx: int, cid: str, size: int, futures: list[tuple[str, Future[bool]]], quorum: int
+        self,
+        idx: int,
+        cid: str,
+        size: int,
+        futures: list[tuple[str, Future[str | None]]],
+        quorum: int,
     ) -> WrittenChunk:
-        done = [name for name, fut in futures if fut.result()]
+        done = [held for _name, fut in futures if (held := fut.result())]
         if len(done) < quorum:
             metrics.QUORUM_FAILURES.inc()
             raise NoQuorumError(
@@ -313,13 +364,17 @@ class ObjectStore:
             raise NotFoundError(f"no instance with SOP Instance UID {sop_instance_uid}")
         return key
 
-    def read(self, object_key: str) -> Iterator[bytes]:
-        """Stream the plaintext of an object, verifying every chunk and the whole."""
+    def read(self, object_key: str, *, near_site: str | None = None) -> Iterator[bytes]:
+        """Stream the plaintext of an object, verifying every chunk and the whole.
+
+        ``near_site``: the requesting caller's site; each chunk is read from the healthy
+        replica nearest it (see :meth:`ordered_replicas`).
+        """
         obj, data_key = self.load(object_key)
         cipher = ChunkCipher(data_key, object_key)
         digest = hashlib.sha256()
         start = time.perf_counter()
-        for idx, sealed in self._fetch_ahead(obj.chunks):
+        for idx, sealed in self._fetch_ahead(obj.chunks, near_site):
             plain = cipher.open(idx, sealed)
             digest.update(plain)
             yield plain
@@ -329,60 +384,63 @@ class ObjectStore:
         metrics.STORE_READ_BYTES.inc(obj.size)
         metrics.READ_TOTAL.labels(obj.kind).inc()
 
-    def _fetch_ahead(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, bytes]]:
+    def _fetch_ahead(
+        self, chunks: Sequence[Chunk], near_site: str | None = None
+    ) -> Iterator[tuple[int, bytes]]:
         """Chunks in order, up to ``READ_AHEAD`` fetched at once from their (striped) nodes,
         so one large object reads faster than one node can serve it."""
         if len(chunks) == 1:
-            yield chunks[0].idx, self.fetch_verified(chunks[0])
+            yield chunks[0].idx, self.fetch_verified(chunks[0], near_site)
             return
         pending: deque[tuple[int, Future[bytes]]] = deque()
         upcoming = iter(chunks)
         try:
             for chunk in itertools.islice(upcoming, READ_AHEAD):
-                pending.append((chunk.idx, self.pool.executor.submit(self.fetch_verified, chunk)))
+                job = self.pool.executor.submit(self.fetch_verified, chunk, near_site)
+                pending.append((chunk.idx, job))
             while pending:
                 idx, fetched = pending.popleft()
                 data = fetched.result()
                 following = next(upcoming, None)
                 if following is not None:
-                    job = self.pool.executor.submit(self.fetch_verified, following)
+                    job = self.pool.executor.submit(self.fetch_verified, following, near_site)
                     pending.append((following.idx, job))
                 yield idx, data
         finally:
             for _idx, fetched in pending:  # a reader that stops early leaves nothing running
                 fetched.cancel()
 
-    def read_all(self, object_key: str) -> bytes:
-        return b"".join(self.read(object_key))
+    def read_all(self, object_key: str, *, near_site: str | None = None) -> bytes:
+        return b"".join(self.read(object_key, near_site=near_site))
 
     def ordered_replicas(self, chunk: Chunk, near_site: str | None = None) -> list[Replica]:
         """Healthy replicas on available nodes first, nearest first.
 
         Nearest to ``near_site`` (a requesting site) by the placement's distance model
-        (coordinates, else map location) when given; otherwise nearest to this process by the
-        latency it measured, falling back to the RTT its Vivaldi coordinate predicts.
+        (a node at the site, else coordinates, else map location) when given; otherwise, and
+        between replicas equally near the site, nearest to this process by the latency it
+        measured, falling back to the RTT its Vivaldi coordinate predicts.
         """
         here = self.pool.coordinate
         sites = self.pool.site_views
 
-        def rank(replica: Replica) -> tuple[int, float]:
+        def rank(replica: Replica) -> tuple[int, float, float]:
             handle = self.pool.by_pk(replica.node_pk)
             if handle is None:
-                return (2, 1e9)
+                return (2, 1e9, 1e9)
             healthy = replica.state == "ok" and handle.available
-            if near_site is not None:
-                near = site_distance(near_site, handle.view(), sites)
-            elif handle.latency_ewma_s:
-                near = handle.latency_ewma_s * 1000.0
+            if handle.latency_ewma_s:
+                measured = handle.latency_ewma_s * 1000.0
             else:
-                near = here.rtt_to(handle.coordinate)
-            return (0 if healthy else 1, near)
+                measured = here.rtt_to(handle.coordinate)
+            near = site_distance(near_site, handle.view(), sites) if near_site else measured
+            return (0 if healthy else 1, near, measured)
 
         return sorted(chunk.replicas, key=rank)
 
-    def fetch_verified(self, chunk: Chunk) -> bytes:
+    def fetch_verified(self, chunk: Chunk, near_site: str | None = None) -> bytes:
         errors: list[str] = []
-        for replica in self.ordered_replicas(chunk):
+        for replica in self.ordered_replicas(chunk, near_site):
             handle = self.pool.by_pk(replica.node_pk)
             if handle is None:
                 continue

@@ -77,10 +77,13 @@ class NodeView:
     draining: bool = False
     #: Vivaldi coordinate (x, y, height) in ms, if measured.
     coord: tuple[float, float, float] | None = None
+    #: The node said it is out of space (a 507, or too little room left in its health).
+    out_of_space: bool = False
 
     @property
     def full(self) -> bool:
-        return self.capacity_bytes > 0 and self.used_bytes >= self.capacity_bytes
+        over = self.capacity_bytes > 0 and self.used_bytes >= self.capacity_bytes
+        return self.out_of_space or over
 
     @property
     def placeable(self) -> bool:

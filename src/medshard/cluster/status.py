@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from medshard.catalog.models import Instance, Patient, Replica, StoredObject
 from medshard.cluster.archive import Archive
+from medshard.cluster.metadata_backup import backup_status
 from medshard.cluster.repair import under_replicated_objects
 from medshard.cluster.vivaldi import relative_error
 
@@ -47,6 +48,8 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
                 "state": handle.state.value if handle.reachable else "unreachable",
                 "health": handle.state.value,  # alive, suspect or dead, whatever the last probe
                 "reachable": handle.reachable,
+                "full": handle.full,  # out of space: takes no new copies, still serves reads
+                "free_bytes": handle.free_bytes,
                 "used_bytes": handle.used_bytes,
                 "capacity_bytes": handle.capacity_bytes,
                 "chunks": handle.chunks,
@@ -77,6 +80,7 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
             "max_rtt_error": round(max(errors), 4) if errors else None,
         },
         "background": archive.monitor.stats() if archive.monitor is not None else None,
+        "backup": backup_status(archive.settings),
         "replication": {
             "replicas": archive.settings.replicas,
             "write_quorum": archive.settings.write_quorum,

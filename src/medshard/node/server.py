@@ -13,17 +13,24 @@ shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request sign
     GET    /chunks        {"chunks": [...]} for reconciliation and repair
     GET    /health        name, site, capacity, usage, load, uptime
     GET    /rtt?peer=N&url=U   {"rtt_ms": ...} to peer node N at U (Vivaldi coordinates)
+    PUT    /meta/{name}   a named metadata blob (the service's encrypted backups, see
+                          medshard/node/metablobs.py); the body's SHA-256 comes in the signed
+                          X-Medshard-Content-SHA256 header: 201 stored, 200 replaced, 409
+    GET    /meta/{name}   200 the bytes, 404; DELETE /meta/{name}: 204, 404
+    GET    /meta          {"blobs": [{"name": ..., "size": ...}]}
 
 Authentication (:mod:`medshard.storage.node_auth`): the secret never travels. Each request
 carries ``Authorization: Medshard-HMAC-SHA256 t=<unix s>,n=<nonce>,s=<hmac>``, an HMAC-SHA256
 under a key derived from the secret by HKDF over method, node name, path (and query), ``t``, the
 nonce and the body's SHA-256, which for ``PUT /chunks/{id}`` is the id itself (the node
-refuses a body that does not hash to it, 409). The node answers 401 to a missing, malformed or
-wrong signature, to ``t`` more than 60 s off its clock, and to a nonce it has already seen
-within that window; so clocks of the service and the nodes must agree within a minute (NTP).
-Signing and checking cost a few microseconds; the key is derived once at start.
+refuses a body that does not hash to it, 409) and for ``PUT /meta/{name}`` the value of the
+``X-Medshard-Content-SHA256`` header (checked against the body the same way). The node
+answers 401 to a missing, malformed or wrong signature, to ``t`` more than 60 s off its clock,
+and to a nonce it has already seen within that window; so clocks of the service and the
+nodes must agree within a minute (NTP). Signing and checking cost a few microseconds; the key
+is derived once at start.
 
-The app is a bare ASGI callable rather than FastAPI: six fixed routes need no validation
+The app is a bare ASGI callable rather than FastAPI: a few fixed routes need no validation
 layer, and per-request overhead matters when a node takes thousands of chunks per second.
 Every store call runs on a thread pool, so a writer waiting for its group-commit fdatasync
 never blocks the event loop, and many waiting writers are what lets one fdatasync cover many.
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -56,9 +64,11 @@ from medshard.errors import (
     NotFoundError,
     StorageError,
 )
+from medshard.node.metablobs import MAX_BLOB_BYTES, MetaBlobStore
 from medshard.node.volume import DEFAULT_VOLUME_BYTES, MAX_CHUNK_BYTES, VolumeStore, check_chunk_id
 from medshard.storage.node_auth import (
     AUTH_HEADER,
+    CONTENT_SHA256_HEADER,
     EMPTY_SHA256,
     SCHEME,
     AuthError,
@@ -70,6 +80,7 @@ log = logging.getLogger(__name__)
 SECRET_ENV = "MEDSHARD_NODE_SECRET"
 PROTOCOL_VERSION = 2  # 2: signed requests instead of a secret header
 _AUTH_KEY = AUTH_HEADER.lower().encode()
+_CONTENT_KEY = CONTENT_SHA256_HEADER.lower().encode()
 STREAM_PIECE_BYTES = 1 << 20
 
 Scope = MutableMapping[str, Any]
@@ -115,6 +126,7 @@ class NodeApp:
         if not secret:
             raise InvalidInputError("the node secret must not be empty")
         self.store = store
+        self.meta = MetaBlobStore(store.root)
         self.name = name
         self.site = site
         self._verifier = RequestVerifier(secret, name)
@@ -170,6 +182,10 @@ class NodeApp:
             check_chunk_id(chunk_id)
             await self._io(self.store.verify, chunk_id)
             await _send_json(send, 200, {"chunk_id": chunk_id, "ok": True})
+        elif path == "/meta" and method == "GET":
+            await _send_json(send, 200, {"blobs": await self._io(self.meta.list)})
+        elif path.startswith("/meta/"):
+            await self._meta(method, path[len("/meta/") :], headers, receive, send)
         elif path.startswith("/chunks/"):
             chunk_id = path[len("/chunks/") :]
             check_chunk_id(chunk_id)
@@ -196,6 +212,8 @@ class NodeApp:
         target_text = target.decode("latin-1")
         if method == "PUT" and path.startswith("/chunks/"):
             content = path[len("/chunks/") :]  # the store checks that the body hashes to it
+        elif method == "PUT" and path.startswith("/meta/"):
+            content = headers.get(_CONTENT_KEY, b"").decode("latin-1")  # checked in _meta
         else:
             content = EMPTY_SHA256  # no other request has a body; the node never reads one
         header = headers.get(_AUTH_KEY)
@@ -213,25 +231,37 @@ class NodeApp:
     async def _put(
         self, chunk_id: str, headers: dict[bytes, bytes], receive: Receive, send: Send
     ) -> None:
-        declared = headers.get(b"content-length")
-        if declared is not None and int(declared) > MAX_CHUNK_BYTES:
-            raise _HTTPError(413, f"chunk larger than {MAX_CHUNK_BYTES} bytes")
-        parts: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client gave up; nothing was stored
-            body = message.get("body", b"")
-            received += len(body)
-            if received > MAX_CHUNK_BYTES:
-                raise _HTTPError(413, f"chunk larger than {MAX_CHUNK_BYTES} bytes")
-            parts.append(body)
-            if not message.get("more_body", False):
-                break
+        data = await _read_body(headers, receive, MAX_CHUNK_BYTES)
+        if data is None:
+            return  # the client gave up; nothing was stored
         self.puts_total += 1
-        created = await self._io(self.store.put, chunk_id, b"".join(parts))
+        created = await self._io(self.store.put, chunk_id, data)
         await _send_json(send, 201 if created else 200, {"chunk_id": chunk_id, "created": created})
+
+    async def _meta(
+        self, method: str, name: str, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
+        """Named metadata blobs (backups): outside the chunk namespace, so reconciliation,
+        scrubbing and repair, which only ever see ``/chunks``, never take them for orphans."""
+        if method == "PUT":
+            data = await _read_body(headers, receive, MAX_BLOB_BYTES)
+            if data is None:
+                return
+            declared = headers.get(_CONTENT_KEY, b"").decode("latin-1")
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != declared:
+                raise ChecksumMismatchError(f"metadata blob {name}", declared, actual)
+            created = await self._io(self.meta.put, name, data)
+            await _send_json(send, 201 if created else 200, {"name": name, "created": created})
+        elif method == "GET":
+            data = await self._io(self.meta.get, name)
+            await _send(send, 200, data)
+        elif method == "DELETE":
+            if not await self._io(self.meta.delete, name):
+                raise NotFoundError(f"metadata blob {name} not found on node {self.name}")
+            await _send(send, 204)
+        else:
+            raise _HTTPError(405, f"{method} not allowed on /meta/{name}")
 
     async def _get(self, chunk_id: str, send: Send, *, head: bool) -> None:
         if head:
@@ -287,6 +317,26 @@ class NodeApp:
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes | None:
+    """The whole request body (413 beyond ``limit``), or None if the client disconnected."""
+    declared = headers.get(b"content-length")
+    if declared is not None and int(declared) > limit:
+        raise _HTTPError(413, f"body larger than {limit} bytes")
+    parts: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body = message.get("body", b"")
+        received += len(body)
+        if received > limit:
+            raise _HTTPError(413, f"body larger than {limit} bytes")
+        parts.append(body)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 def _start(status: int, content_type: str, length: int) -> Message:

@@ -22,7 +22,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import CareTeamDoctor
-from medshard.catalog.models import CareSite, Instance, Patient, Study, utcnow
+from medshard.catalog.db import transaction_scratch
+from medshard.catalog.models import CareSite, Instance, Patient, Site, Study, utcnow
 from medshard.cluster.archive import Archive
 from medshard.errors import AccessDeniedError, AuthenticationError, NotFoundError
 from medshard.security import tokens
@@ -51,6 +52,7 @@ class Gate:
         self._touched: dict[int, float] = {}
         self._lock = threading.Lock()
         self._oidc: Any = None
+        self._site_names: dict[int, str] = {}
         if self.settings.oidc_issuer:
             from medshard.security.oidc import OidcVerifier
 
@@ -71,6 +73,21 @@ class Gate:
 
     def caller(self, principal: Principal) -> Caller:
         return Caller(principal, self)
+
+    def site_of(self, principal: Principal) -> str | None:
+        """The name of the caller's own site (a service account's, a doctor's first), which
+        reads are served nearest to; None for callers without one (admins, patients)."""
+        pk = principal.home_site
+        if pk is None:
+            return None
+        name = self._site_names.get(pk)
+        if name is None:  # site names never change; a site is never renumbered
+            with self.catalog.session() as session:
+                name = session.scalar(select(Site.name).where(Site.id == pk))
+            if name is None:
+                return None
+            self._site_names[pk] = name
+        return name
 
     # -- authentication ------------------------------------------------------------------
     def authenticate(self, token: str, source: str) -> Principal:
@@ -274,7 +291,7 @@ class Gate:
                 _involve(session, CareSite, patient_pk=patient_pk, site_id=site)
             if principal.role == "doctor" and principal.user_pk is not None:
                 _involve(session, CareTeamDoctor, patient_pk=patient_pk, user_pk=principal.user_pk)
-            self.audit.append(
+            self.audit.append_at_commit(
                 session,
                 self.event(
                     principal,
@@ -309,7 +326,14 @@ class Gate:
 
 
 def _involve(session: Session, table: type[CareSite] | type[CareTeamDoctor], **key: int) -> None:
-    """Record involvement in a care team now: refresh the row's time, or add the row."""
+    """Record involvement in a care team now: refresh the row's time, or add the row.
+
+    Once per transaction: a group commit of a series' slices touches the row once."""
+    done_here = transaction_scratch(session).setdefault("involved", set())
+    marker = (table.__name__, *sorted(key.items()))
+    if marker in done_here:
+        return
+    done_here.add(marker)
     now = utcnow()
     where = [getattr(table, column) == value for column, value in key.items()]
     conn = session.connection()  # Core, as on the rest of the write path

@@ -46,6 +46,9 @@ from medshard.errors import InvalidInputError
 #: The header carrying the signature, and its scheme.
 AUTH_HEADER: Final = "Authorization"
 SCHEME: Final = "Medshard-HMAC-SHA256"
+#: The header carrying the SHA-256 of a named metadata blob's body (``PUT /meta/{name}``):
+#: signed like a chunk id, and the node checks the body against it.
+CONTENT_SHA256_HEADER: Final = "X-Medshard-Content-SHA256"
 #: Seconds a signed request stays valid either side of the node's clock (clock skew allowance).
 WINDOW_S: Final = 60
 #: Nonces a node remembers at most; beyond it the window shrinks (see :class:`ReplayGuard`).

@@ -13,6 +13,7 @@ node secret itself is never sent.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -25,11 +26,17 @@ from urllib.parse import urlencode, urlsplit
 from medshard.errors import (
     ChecksumMismatchError,
     InvalidInputError,
+    NodeFullError,
     NodeUnavailableError,
     NotFoundError,
 )
 from medshard.storage.chunkstore import ChunkStat
-from medshard.storage.node_auth import AUTH_HEADER, EMPTY_SHA256, RequestSigner
+from medshard.storage.node_auth import (
+    AUTH_HEADER,
+    CONTENT_SHA256_HEADER,
+    EMPTY_SHA256,
+    RequestSigner,
+)
 
 # Safe to retry once: every request of the protocol is idempotent (PUT of a content address
 # included), and a pooled connection the node closed or lost in a restart fails exactly so.
@@ -147,6 +154,36 @@ class NodeClient:
         NotFoundError if the node no longer holds it."""
         self._request("GET", f"/chunks/{chunk_id}/verify")
 
+    # -- named metadata blobs (backups; see medshard.node.metablobs) ---------------------------
+
+    def put_meta(self, name: str, data: bytes) -> bool:
+        """Store a named blob durably (replacing one of that name); True if it was new."""
+        digest = hashlib.sha256(data).hexdigest()
+        r = self._request(
+            "PUT",
+            f"/meta/{name}",
+            data,
+            content_sha256=digest,
+            headers={CONTENT_SHA256_HEADER: digest},
+        )
+        return r.status_code == 201
+
+    def get_meta(self, name: str) -> bytes:
+        """A named blob's bytes; NotFoundError if the node has none of that name."""
+        return self._request("GET", f"/meta/{name}").content
+
+    def delete_meta(self, name: str) -> bool:
+        try:
+            self._request("DELETE", f"/meta/{name}")
+        except NotFoundError:
+            return False
+        return True
+
+    def list_meta(self) -> list[dict[str, Any]]:
+        """Every named blob on the node as ``{"name", "size"}``."""
+        blobs: list[dict[str, Any]] = self._request("GET", "/meta").json()["blobs"]
+        return blobs
+
     def health(self) -> dict[str, Any]:
         """The node's ``/health`` document (name, site, capacity, usage, load, uptime)."""
         doc: dict[str, Any] = self._request("GET", "/health").json()
@@ -173,13 +210,14 @@ class NodeClient:
         body: bytes | None = None,
         *,
         content_sha256: str = EMPTY_SHA256,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         """Send one signed request; ``content_sha256`` is the body's hash (a chunk's id)."""
         try:
             try:
-                r = self._send(method, path, body, content_sha256, fresh=False)
+                r = self._send(method, path, body, content_sha256, fresh=False, extra=headers)
             except _RETRYABLE:  # signed afresh: the node may have seen the first nonce
-                r = self._send(method, path, body, content_sha256, fresh=True)
+                r = self._send(method, path, body, content_sha256, fresh=True, extra=headers)
         except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
             raise NodeUnavailableError(self.name, f"{type(e).__name__}: {e}") from e
         if r.status_code < 300:
@@ -188,12 +226,19 @@ class NodeClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(
-        self, method: str, path: str, body: bytes | None, content_sha256: str, *, fresh: bool
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        content_sha256: str,
+        *,
+        fresh: bool,
+        extra: dict[str, str] | None = None,
     ) -> Response:
         conn = None if fresh else self._checkout()
         if conn is None:
             conn = _Connection(self._host, self._port, timeout=self._timeout)
-        headers = {AUTH_HEADER: self._signer.header(method, path, content_sha256)}
+        headers = {**(extra or {}), AUTH_HEADER: self._signer.header(method, path, content_sha256)}
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
         try:
@@ -236,6 +281,8 @@ class NodeClient:
             raise InvalidInputError(f"node {self.name} refused {path}: {message}")
         if r.status_code == 401:
             raise NodeUnavailableError(self.name, f"refused our signature: {message}")
+        if r.status_code == 507:
+            raise NodeFullError(self.name, f"HTTP 507 (out of space) on {path}: {message}")
         raise NodeUnavailableError(self.name, f"HTTP {r.status_code} on {path}: {message}")
 
 

@@ -34,6 +34,8 @@ class InstanceRef:
     instance_pk: int
     patient_pk: int
     has_pixels: bool
+    #: The requesting caller's site: the instance is read from the replica nearest it.
+    near_site: str | None = None
 
     def path(self) -> str:
         """The instance's WADO-RS path below the DICOMweb root."""
@@ -94,7 +96,8 @@ def find_instances(
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         raise NotFoundError(f"no {what} in study {study}" if sop or series else f"no {what}")
     caller.gate.read(caller.principal, action, patient_pk=rows[0][8], study_uid=study, sop_uid=sop)
-    return [InstanceRef(*row[:9], has_pixels=row[9] is not None) for row in rows]
+    site = caller.gate.site_of(caller.principal)
+    return [InstanceRef(*row[:9], has_pixels=row[9] is not None, near_site=site) for row in rows]
 
 
 def representative(refs: Sequence[InstanceRef]) -> InstanceRef:

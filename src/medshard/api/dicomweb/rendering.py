@@ -89,7 +89,7 @@ def thumbnail_png(archive: Archive, ref: InstanceRef) -> bytes:
     with archive.catalog.session() as session:
         key = thumbnail_key_of(session, ref.instance_pk)
     if key is not None:
-        return archive.store.read_all(key)
+        return archive.store.read_all(key, near_site=ref.near_site)
     with _undecodable_is_not_acceptable():
         png = thumbnail(load_dataset(archive, ref), THUMBNAIL_SIDE)
     try:

@@ -87,12 +87,13 @@ class ObjectReader:
 
 def stored_bytes(archive: Archive, ref: InstanceRef) -> Iterator[bytes]:
     """The instance exactly as stored, chunk by chunk (verified, decrypted)."""
-    return archive.store.read(ref.object_key)
+    return archive.store.read(ref.object_key, near_site=ref.near_site)
 
 
 def load_dataset(archive: Archive, ref: InstanceRef) -> Dataset:
     """The whole instance parsed, pixel data included (for frames and rendering)."""
-    return pydicom.dcmread(io.BytesIO(archive.store.read_all(ref.object_key)), force=True)
+    data = archive.store.read_all(ref.object_key, near_site=ref.near_site)
+    return pydicom.dcmread(io.BytesIO(data), force=True)
 
 
 def transfer_syntax_of(ds: Dataset) -> UID:
@@ -149,7 +150,7 @@ def instance_body(archive: Archive, ref: InstanceRef, target: str | None) -> Ite
     if target is None or target == ref.transfer_syntax_uid:
         yield from stored_bytes(archive, ref)
     else:
-        yield transcode(archive.store.read_all(ref.object_key), target)
+        yield transcode(archive.store.read_all(ref.object_key, near_site=ref.near_site), target)
 
 
 def instance_metadata(archive: Archive, ref: InstanceRef, bulk_base: str) -> dict[str, Any]:

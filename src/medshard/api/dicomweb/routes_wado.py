@@ -80,7 +80,9 @@ async def _retrieve(
 
     if sop is not None and target not in (None, refs[0].transfer_syntax_uid):
         data = await run_in_threadpool(
-            lambda: transcode(archive.store.read_all(refs[0].object_key), target)
+            lambda: transcode(
+                archive.store.read_all(refs[0].object_key, near_site=refs[0].near_site), target
+            )
         )
         return multipart_response([part(refs[0], data)], "application/dicom")
     parts = (part(r, instance_body(archive, r, target)) for r in refs)

@@ -65,7 +65,7 @@ def _render_request(params: dict[str, str], fmt: str) -> RenderRequest:
 
 
 def _transcoded(archive: Archive, ref: InstanceRef, target: str) -> bytes:
-    return transcode(archive.store.read_all(ref.object_key), target)
+    return transcode(archive.store.read_all(ref.object_key, near_site=ref.near_site), target)
 
 
 @router.get("/wado")

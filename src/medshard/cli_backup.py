@@ -1,0 +1,119 @@
+"""Metadata durability commands of ``medshard`` (access layer): ``backup`` and ``restore``.
+
+``medshard backup`` writes an encrypted backup of the catalog, settings and master key to
+the storage nodes now (the service does so every ``backup_interval_s`` on its own);
+``medshard restore`` rebuilds a lost home from those backups, given the node names and URLs,
+the node secret and the recovery key. See :mod:`medshard.cluster.metadata_backup`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medshard.cli_security import HomeOpt, JsonOpt, _fail
+from medshard.errors import MedshardError
+
+
+def backup(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Write an encrypted backup of the catalog, settings and master key to the nodes now."""
+    from medshard.cli import out
+    from medshard.cluster.archive import Archive
+    from medshard.cluster.metadata_backup import ensure_recovery_key, take_backup
+
+    try:
+        with Archive.open(home) as archive:
+            report = take_backup(archive)
+            key = ensure_recovery_key(archive.settings)[0] if report.recovery_key_created else ""
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    summary = report.as_dict()
+    if key:
+        summary["recovery_key"] = key
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(
+            f"backup {report.backup_id}: {report.bytes} bytes on {report.copies}/{report.wanted} "
+            f"nodes ({', '.join(report.nodes)}); {report.objects} objects in the catalog"
+        )
+        for failure in report.failures:
+            out.print(f"[yellow]not written[/yellow] {failure}")
+    if key:
+        _announce_key(key)
+
+
+def restore(
+    node: Annotated[
+        list[str],
+        typer.Option("--node", help="NAME=http://host:port of a storage node (repeat)"),
+    ],
+    recovery_key: Annotated[
+        str,
+        typer.Option(
+            "--recovery-key",
+            envvar="MEDSHARD_RECOVERY_KEY",
+            help="The recovery key printed by `medshard init`",
+            show_default=False,
+        ),
+    ],
+    node_secret: Annotated[
+        str,
+        typer.Option(
+            "--node-secret",
+            envvar="MEDSHARD_NODE_SECRET",
+            help="The secret the nodes were started with",
+            show_default=False,
+        ),
+    ] = "",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a lost home (catalog, settings, master key) from the backups on the nodes."""
+    from medshard.cli import out
+    from medshard.cluster.metadata_restore import parse_node_spec, restore_home
+    from medshard.config import resolve_home
+
+    try:
+        specs = [parse_node_spec(n) for n in node]
+        report = restore_home(resolve_home(home), specs, node_secret, recovery_key)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    out.print(
+        f"restored {report.home} from backup {report.backup_id} taken {report.created_at}: "
+        f"{report.objects} objects, {report.instances} instances"
+    )
+    for warning in report.warnings:
+        out.print(f"[yellow]note[/yellow] {warning}")
+
+
+def _announce_key(key: str) -> None:
+    from medshard.cli import err
+
+    err.print(
+        "[bold yellow]recovery key[/bold yellow] (shown once; keep it off this machine, "
+        f"`medshard restore` needs it): {key}",
+        markup=True,
+        highlight=False,
+    )
+
+
+def mount(app: typer.Typer) -> None:
+    app.command("backup")(backup)
+    app.command("restore")(restore)
+
+
+def announce_new_key(home: Path) -> None:
+    """At ``medshard init``: make the recovery key and show it once."""
+    from medshard.cluster.metadata_backup import ensure_recovery_key
+    from medshard.config import load_settings
+
+    key, created = ensure_recovery_key(load_settings(home))
+    if created:
+        _announce_key(key)
