@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, exists, func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, lazyload
 
 from medshard.catalog.matching import (
     LIKE_ESCAPE,
@@ -214,6 +214,9 @@ def search(
             query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
+    # only columns are read: the models' eager joins (a study's patient, an instance's series
+    # and object...) would add joins and objects per row for nothing
+    query = query.options(lazyload("*"))
     rows = [_row(level, r) for r in session.execute(query).all()]
     wanted = list(fields) if fields is not None else searchable(level)
     _add_computed(session, level, rows, set(wanted) | set(python_side))
@@ -264,6 +267,14 @@ def _counts(session: Session, stmt: Select) -> dict[int, int]:
     return {int(k): int(v) for k, v in session.execute(stmt).all()}
 
 
+_SERIES_OF_STUDIES = (
+    select(Series.study_pk, Series.modality, func.count(Instance.id))
+    .outerjoin(Instance, Instance.series_pk == Series.id)
+    .where(Series.study_pk.in_(bindparam("pks", expanding=True)))
+    .group_by(Series.id, Series.study_pk, Series.modality)
+)
+
+
 def _add_computed(
     session: Session, level: Level, rows: list[dict[str, Any]], wanted: set[str]
 ) -> None:
@@ -297,30 +308,21 @@ def _add_computed(
             r["NumberOfPatientRelatedSeries"] = series.get(r["_patient_pk"], 0)
             r["NumberOfPatientRelatedInstances"] = instances.get(r["_patient_pk"], 0)
     if level == "STUDY":
-        pks = [r["_study_pk"] for r in rows]
-        series = _counts(
-            session,
-            select(Series.study_pk, func.count())
-            .where(Series.study_pk.in_(pks))
-            .group_by(Series.study_pk),
-        )
-        instances = _counts(
-            session,
-            select(Series.study_pk, func.count(Instance.id))
-            .join(Instance, Instance.series_pk == Series.id)
-            .where(Series.study_pk.in_(pks))
-            .group_by(Series.study_pk),
-        )
-        modalities: dict[int, list[str]] = {}
-        for study_pk, modality in session.execute(
-            select(Series.study_pk, Series.modality).where(Series.study_pk.in_(pks)).distinct()
+        # one query, a row per series (its modality and instance count), summed per study here
+        n_series: dict[int, int] = {}
+        n_instances: dict[int, int] = {}
+        modalities: dict[int, set[str]] = {}
+        for study_pk, modality, count in session.connection().execute(
+            _SERIES_OF_STUDIES, {"pks": [r["_study_pk"] for r in rows]}
         ):
+            n_series[study_pk] = n_series.get(study_pk, 0) + 1
+            n_instances[study_pk] = n_instances.get(study_pk, 0) + int(count)
             if modality:
-                modalities.setdefault(study_pk, []).append(modality)
+                modalities.setdefault(study_pk, set()).add(modality)
         for r in rows:
-            r["NumberOfStudyRelatedSeries"] = series.get(r["_study_pk"], 0)
-            r["NumberOfStudyRelatedInstances"] = instances.get(r["_study_pk"], 0)
-            r["ModalitiesInStudy"] = sorted(modalities.get(r["_study_pk"], []))
+            r["NumberOfStudyRelatedSeries"] = n_series.get(r["_study_pk"], 0)
+            r["NumberOfStudyRelatedInstances"] = n_instances.get(r["_study_pk"], 0)
+            r["ModalitiesInStudy"] = sorted(modalities.get(r["_study_pk"], ()))
     if level == "SERIES":
         pks = [r["_series_pk"] for r in rows]
         instances = _counts(

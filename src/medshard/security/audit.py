@@ -36,14 +36,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import AuditEvent, AuditHead
 from medshard.catalog.db import Catalog, peek_scratch, transaction_scratch
 from medshard.catalog.models import Patient, utcnow
+from medshard.catalog.writes import PatientKeyRow
 from medshard.errors import ConfigError
 from medshard.storage.keys import KeyProvider
 
@@ -156,12 +157,21 @@ def _chain_at_commit(session: Session) -> None:
 PatientKeyOf = Callable[[Session, int], bytes | None]
 
 
-def patient_key_lookup(unwrap: Callable[[Patient], bytes]) -> PatientKeyOf:
+_PATIENT_ID_OF = select(Patient.patient_id).where(Patient.id == bindparam("pk"))
+_KEY_OF_PATIENT = select(
+    Patient.id, Patient.patient_id, Patient.shard, Patient.wrapped_key, Patient.master_key_id
+).where(Patient.id == bindparam("pk"))
+
+
+def patient_key_lookup(unwrap: Callable[[PatientKeyRow], bytes]) -> PatientKeyOf:
+    """Reads the key columns only: loading the ORM row (and what it eagerly joins) for every
+    audited read cost a third of the service's time under QIDO-RS."""
+
     def lookup(session: Session, patient_pk: int) -> bytes | None:
-        patient = session.get(Patient, patient_pk)
-        if patient is None or patient.wrapped_key is None:
+        row = session.connection().execute(_KEY_OF_PATIENT, {"pk": patient_pk}).first()
+        if row is None or row.wrapped_key is None:
             return None
-        return unwrap(patient)
+        return unwrap(PatientKeyRow(*row))
 
     return lookup
 
@@ -226,8 +236,9 @@ class AuditLog:
             pkey = self.patient_key_of(session, event.patient_pk)
             if pkey is not None:
                 if event.patient_id is None:  # sealed with the event, whoever recorded it
-                    patient = session.get(Patient, event.patient_pk)
-                    event.patient_id = patient.patient_id if patient is not None else None
+                    event.patient_id = session.connection().scalar(
+                        _PATIENT_ID_OF, {"pk": event.patient_pk}
+                    )
                 tag = patient_tag(pkey)
                 secret = event.secret_part()
                 sealed = seal(pkey, secret) if secret else None
