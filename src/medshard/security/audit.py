@@ -140,6 +140,15 @@ def ensure_head(catalog: Catalog, keys: KeyProvider) -> None:
         pass  # another process created it first
 
 
+# Built once: a statement built per append costs SQLAlchemy more than running it.
+_LOCK_HEAD = update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq)
+_READ_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
+_INSERT_EVENTS = AuditEvent.__table__.insert()  # type: ignore[attr-defined]
+_WRITE_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
 _AT_COMMIT = "audit"
 
 
@@ -218,16 +227,14 @@ class AuditLog:
     def _chain(self, session: Session, rows: list[dict[str, Any]]) -> None:
         key = self.chain_key(session)
         conn = session.connection()  # Core: the ORM execute layer costs ~0.3 ms a statement
-        conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
-        seq, prev = conn.execute(
-            select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
-        ).one()
+        conn.execute(_LOCK_HEAD)
+        seq, prev = conn.execute(_READ_HEAD).one()
         for row in rows:
             seq += 1
             row["seq"], row["prev_hash"] = seq, prev
             row["hash"] = prev = chain_hash(key, row)
-        conn.execute(AuditEvent.__table__.insert(), rows)  # type: ignore[attr-defined]
-        conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        conn.execute(_INSERT_EVENTS, rows)
+        conn.execute(_WRITE_HEAD, {"new_seq": seq, "new_hash": prev})
 
     def _row(self, session: Session, event: Event) -> dict[str, Any]:
         """The event's columns, sealed; ``seq``, ``prev_hash`` and ``hash`` come with the chain."""

@@ -12,13 +12,14 @@ process drops the entry at once, in another process within ``CACHE_S``.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import CareTeamDoctor
@@ -335,11 +336,22 @@ def _involve(session: Session, table: type[CareSite] | type[CareTeamDoctor], **k
         return
     done_here.add(marker)
     now = utcnow()
-    where = [getattr(table, column) == value for column, value in key.items()]
+    refresh, add = _involvement_statements(table, tuple(key))
     conn = session.connection()  # Core, as on the rest of the write path
-    done = conn.execute(update(table).where(*where).values(last_involved_at=now))
+    done = conn.execute(refresh, {**{f"k_{c}": v for c, v in key.items()}, "now": now})
     if not done.rowcount:
-        conn.execute(insert(table).values(**key, since=now, last_involved_at=now))
+        conn.execute(add, [{**key, "since": now, "last_involved_at": now}])
+
+
+@functools.cache
+def _involvement_statements(
+    table: type[CareSite] | type[CareTeamDoctor], columns: tuple[str, ...]
+) -> tuple[Any, Any]:
+    """(refresh the time, add the row), built once per table: statements built per store cost
+    SQLAlchemy more than running them."""
+    where = [getattr(table, c) == bindparam(f"k_{c}") for c in columns]
+    refresh = update(table).where(*where).values(last_involved_at=bindparam("now"))
+    return refresh, insert(table)
 
 
 def expiry(days: float = 0, minutes: float = 0) -> datetime:
