@@ -33,7 +33,7 @@ import pydicom
 from medshard.api.dicomweb.multipart import multipart_content_type, multipart_stream
 from medshard.bench.auth_overhead import measure_overhead
 from medshard.bench.data import generate_instances
-from medshard.bench.ingest import start_cluster
+from medshard.bench.ingest import bench_account, start_cluster
 from medshard.bench.peers import orthanc
 from medshard.demo import ServiceProcess
 from medshard.errors import MedshardError
@@ -237,28 +237,13 @@ class MedshardUnderTest:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def _bench_account(home: Path) -> str:
-    """A site PACS service account for the benchmark clients; returns its API token."""
-    from medshard.catalog.db import Catalog
-    from medshard.config import load_settings
-    from medshard.security import identity, tokens
-
-    catalog = Catalog(load_settings(home).database_url)
-    try:
-        with catalog.transaction() as session:
-            identity.add_user(session, username="bench-pacs", role="service", sites=["bench"])
-            return tokens.create_api_token(session, "bench-pacs", "bench")
-    finally:
-        catalog.dispose()
-
-
 @contextmanager
 def medshard_service(root: Path, nodes: int) -> Iterator[MedshardUnderTest]:
     """A fresh deployment plus `medshard serve`, and a PACS account's token to call it with."""
     root.mkdir(parents=True, exist_ok=True)
     home, procs = start_cluster(root, nodes)
     try:
-        token = _bench_account(home)
+        token = bench_account(home)
         service = ServiceProcess(
             home, free_port(), root / "service.log", ["--dimse-port", str(free_port())]
         )

@@ -21,12 +21,29 @@ from medshard.bench.disk import durable_sequential_write, small_file_fsync_rate
 from medshard.catalog.db import Catalog
 from medshard.cluster.archive import Archive
 from medshard.cluster.nodes import register_node
+from medshard.config import load_settings
 from medshard.home import init_home
 from medshard.ingest.batch import import_files
 from medshard.node.launcher import NodeProcess, free_port, start_node_process
-from medshard.security.local import system_store_access
+from medshard.security.local import store_access_for
 
 SITES = ["site-a", "site-b", "site-c"]
+
+
+def bench_account(home: Path) -> str:
+    """A site PACS service account for the benchmark's clients; returns its API token.
+
+    Benchmarks store as a real caller would, through authentication, authorization and audit.
+    """
+    from medshard.security import identity, tokens
+
+    catalog = Catalog(load_settings(home).database_url)
+    try:
+        with catalog.transaction() as session:
+            identity.add_user(session, username="bench-pacs", role="service", sites=["bench"])
+            return tokens.create_api_token(session, "bench-pacs", "bench")
+    finally:
+        catalog.dispose()
 
 
 def start_cluster(root: Path, nodes: int) -> tuple[Path, list[NodeProcess]]:
@@ -53,13 +70,14 @@ def start_cluster(root: Path, nodes: int) -> tuple[Path, list[NodeProcess]]:
     return home, procs
 
 
-def peak_rss_of_import(home: Path, path: Path) -> tuple[float, float, int]:
+def peak_rss_of_import(home: Path, path: Path, token: str) -> tuple[float, float, int]:
     """(peak RSS MB, seconds, exit code) of `medshard import` of one file, in a child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "medshard", "import", str(path), "--home", str(home), "--json"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "MEDSHARD_TOKEN": token},
     )
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -75,6 +93,7 @@ def run_ingest_bench(
         small_files_s = small_file_fsync_rate(root)
         home, procs = start_cluster(root, nodes)
         try:
+            token = bench_account(home)
             runs = []
             for processes in (1, 2):
                 data_dir = root / f"input-{processes}"
@@ -85,7 +104,7 @@ def run_ingest_bench(
                     report = import_files(
                         archive,
                         [data_dir],
-                        access=system_store_access,
+                        access=store_access_for(token),
                         workers=workers,
                         processes=processes,
                     )
@@ -120,7 +139,7 @@ def run_ingest_bench(
                         "mb_s": round(total / 1e6 / elapsed, 1),
                         "physical_limit_mb_s": round(limit, 1),
                         "ratio_to_physical_limit": round(total / 1e6 / elapsed / limit, 3),
-                        "goal_ratio": 0.5,
+                        "goal_ratio": 0.7,
                     }
                     for processes, imported, rejected, total, elapsed in runs
                 ],
@@ -128,7 +147,7 @@ def run_ingest_bench(
             if big_file_mb:
                 big = root / "big.dcm"
                 size = write_big_dicom(big, big_file_mb)
-                rss_mb, seconds, code = peak_rss_of_import(home, big)
+                rss_mb, seconds, code = peak_rss_of_import(home, big, token)
                 big.unlink()
                 result["big_file"] = {
                     "size_mb": round(size / 2**20, 1),

@@ -67,8 +67,3 @@ def store_access_for(token: str) -> partial[tuple[int | None, CommitHook]]:
     return partial(_store_access, token)
 
 
-def system_store_access(archive: Archive) -> tuple[int | None, CommitHook]:
-    """Store access of the archive itself (benchmarks of its own write path), audited."""
-    from medshard.security.principal import system_principal
-
-    return Gate(archive).store_hook(system_principal("bench"))
