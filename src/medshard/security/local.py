@@ -65,5 +65,3 @@ def _store_access(token: str, archive: Archive) -> tuple[int | None, CommitHook]
 def store_access_for(token: str) -> partial[tuple[int | None, CommitHook]]:
     """A picklable ``archive -> (site, commit hook)`` for importer processes."""
     return partial(_store_access, token)
-
-
