@@ -13,13 +13,75 @@ export function viewerLink(uid: string, label = 'View'): HTMLAnchorElement {
   return h('a', { class: 'btn btn-small', href: `#/studies/${uid}`, 'data-testid': 'open-study' }, label);
 }
 
-/** Studies as a table that turns into cards on a narrow screen (see style.css). */
-export function studyTable(rows: StudyRow[], opts: { patientLinks?: boolean; share?: boolean } = {}): HTMLElement {
-  const { patientLinks = true, share = false } = opts;
+/** What POST /api/findings/summary says of one study. */
+export interface AiSummary {
+  state: 'done' | 'pending' | 'failed';
+  label?: string;
+  positive?: boolean;
+  probability?: number;
+  threshold?: number;
+  model?: string;
+  model_id?: string;
+  findings?: number;
+  pending?: boolean;
+}
+
+/** The AI cell of a study: its headline finding, or where its analysis stands. */
+export function aiCell(cell: HTMLElement, ai: AiSummary | undefined): void {
+  cell.dataset.ai = ai?.state ?? 'none';
+  if (!ai) {
+    replace(cell, h('span', { class: 'muted' }, '—'));
+    cell.title = 'No AI analysis for this study';
+    return;
+  }
+  if (ai.state === 'pending') {
+    replace(cell, h('span', { class: 'muted' }, 'analysing…'));
+    return;
+  }
+  if (ai.state === 'failed') {
+    replace(cell, h('span', { class: 'muted' }, 'analysis failed'));
+    return;
+  }
+  const more = (ai.findings ?? 1) > 1 ? ` (+${(ai.findings ?? 1) - 1})` : '';
+  cell.title = `${ai.model_id ?? ai.model ?? ''}: probability ${ai.probability?.toFixed(3)}, threshold ${ai.threshold?.toFixed(3)}`;
+  replace(
+    cell,
+    h('span', { class: ai.positive ? 'ai-positive' : 'ai-negative', 'data-testid': 'ai-label' }, ai.label ?? ''),
+    ' ',
+    h('span', { class: 'small', 'data-testid': 'ai-probability' }, `${((ai.probability ?? 0) * 100).toFixed(0)}%`),
+    more,
+  );
+}
+
+/** Fill the AI cells of a study table with one request for all its studies. */
+export async function fillAiColumn(table: HTMLElement): Promise<void> {
+  const cells = new Map<string, HTMLElement>();
+  for (const cell of table.querySelectorAll<HTMLElement>('td[data-ai-study]')) cells.set(cell.dataset.aiStudy ?? '', cell);
+  if (!cells.size) return;
+  try {
+    const r = await json<{ studies: Record<string, AiSummary> }>('/api/findings/summary', {
+      method: 'POST',
+      body: JSON.stringify({ studies: [...cells.keys()] }),
+    });
+    for (const [uid, cell] of cells) aiCell(cell, r.studies[uid]);
+  } catch {
+    for (const cell of cells.values()) {
+      cell.dataset.ai = 'error';
+      replace(cell, h('span', { class: 'muted', title: 'AI findings could not be loaded' }, '?'));
+    }
+  }
+}
+
+/** Studies as a table that turns into cards on a narrow screen (see style.css). With `ai`,
+ * an AI column that {@link fillAiColumn} fills once the table is on the page. */
+export function studyTable(rows: StudyRow[], opts: { patientLinks?: boolean; share?: boolean; ai?: boolean } = {}): HTMLElement {
+  const { patientLinks = true, share = false, ai = false } = opts;
   const head = h(
     'tr',
     {},
-    ['Patient', 'Patient ID', 'Date', 'Modality', 'Description', 'Images', ''].map((t) => h('th', { scope: 'col' }, t)),
+    ['Patient', 'Patient ID', 'Date', 'Modality', 'Description', 'Images', ...(ai ? ['AI'] : []), ''].map((t) =>
+      h('th', { scope: 'col', title: t === 'AI' ? 'AI finding: label and probability' : null }, t),
+    ),
   );
   const body = rows.map((row) =>
     h(
@@ -37,6 +99,7 @@ export function studyTable(rows: StudyRow[], opts: { patientLinks?: boolean; sha
       h('td', { 'data-label': 'Modality' }, row.modalities.join(', ')),
       h('td', { 'data-label': 'Description' }, row.description),
       h('td', { 'data-label': 'Images' }, `${row.series} series, ${row.instances}`),
+      ai ? h('td', { 'data-label': 'AI', 'data-testid': 'ai-cell', 'data-ai-study': row.uid }, h('span', { class: 'muted' }, '…')) : null,
       h('td', { class: 'actions' }, viewerLink(row.uid), share ? shareButton(row.uid) : null),
     ),
   );

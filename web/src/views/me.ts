@@ -28,6 +28,9 @@ const ACTIONS: Record<string, string> = {
   'audit-me': 'read this log',
   findings: 'read AI findings',
   'careteam-show': 'read the care team',
+  'document-list': 'listed documents',
+  'document-read': 'opened a document',
+  'document-store': 'stored a document',
 };
 
 function accessLog(events: AccessEvent[]): HTMLElement {

@@ -68,6 +68,114 @@ function tagRows(ds: Dataset, depth = 0): HTMLElement[] {
   return rows;
 }
 
+/** The JSON model card (GET /api/models/{name}/card); only the fields shown are typed. */
+interface ModelCard {
+  name: string;
+  model_id?: string;
+  sha256?: string;
+  created?: string;
+  task?: string;
+  classes?: string[];
+  positive_class?: string;
+  intended_use?: string;
+  limitations?: string[];
+  threshold?: number;
+  prior?: { default?: number; why?: string };
+  calibration?: { method?: string };
+  operating_point?: { name?: string };
+  architecture?: { name?: string; parameters?: number; members?: number };
+  expected_performance?: {
+    method?: string;
+    n?: number;
+    metrics?: Record<string, number>;
+    ci95?: Record<string, [number, number]>;
+  };
+  data?: { name?: string; licence?: string; citation?: string };
+  sha256_matches?: boolean | null;
+}
+
+function pct(v: number | undefined): string {
+  return v === undefined ? '' : `${(100 * v).toFixed(1)}%`;
+}
+
+/** The model card of a finding's model, in a dialog; the finding's weights hash is sent so the
+ * server can say whether the card describes the weights that made it. */
+export function openModelCard(f: Finding, opener: HTMLElement): void {
+  const name = f.model.split(/[\\/]/).filter(Boolean).pop() ?? f.model;
+  const body = h('div', { 'aria-live': 'polite' }, message('Loading the model card…'));
+  const close = h('button', { type: 'button', class: 'btn', onclick: () => dialog.close() }, 'Close');
+  const dialog = h(
+    'dialog',
+    { class: 'card model-card', 'aria-labelledby': 'model-card-title', 'data-testid': 'model-card' },
+    h('h2', { id: 'model-card-title' }, `Model card: ${name}`),
+    body,
+    h('div', { class: 'row' }, close),
+  );
+  dialog.addEventListener('close', () => {
+    dialog.remove();
+    opener.focus();
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+  close.focus();
+  const query = new URLSearchParams({ sha256: f.model_sha256 });
+  json<ModelCard>(`/api/models/${encodeURIComponent(name)}/card?${query}`)
+    .then((card) => {
+      const perf = card.expected_performance;
+      const metrics = Object.entries(perf?.metrics ?? {});
+      replace(
+        body,
+        card.sha256_matches === false
+          ? message('This card describes other weights than those that made the finding: the finding was made by an earlier or another version of the model.', 'error')
+          : null,
+        h(
+          'dl',
+          { class: 'small totals', 'data-testid': 'model-card-facts' },
+          ([
+            ['Model', card.model_id ?? card.name],
+            ['Task', card.task ?? ''],
+            ['Classes', (card.classes ?? []).join(', ')],
+            ['Architecture', card.architecture ? `${card.architecture.name ?? ''}, ${card.architecture.members ?? 1} member(s), ${card.architecture.parameters ?? '?'} parameters` : ''],
+            ['Threshold', card.threshold !== undefined ? `${card.threshold.toFixed(3)} (${card.operating_point?.name ?? 'operating point'})` : ''],
+            ['Prior', card.prior?.default !== undefined ? String(card.prior.default) : ''],
+            ['Calibration', card.calibration?.method ?? ''],
+            ['Training data', [card.data?.name, card.data?.licence].filter(Boolean).join(', ')],
+            ['Created', card.created ? new Date(card.created).toLocaleString() : ''],
+            ['Weights SHA-256', card.sha256 ?? ''],
+          ] as [string, string][])
+            .filter(([, v]) => v)
+            .flatMap(([k, v]) => [h('dt', {}, k), h('dd', { class: k === 'Weights SHA-256' ? 'mono' : null }, v)]),
+        ),
+        card.intended_use ? [h('h3', {}, 'Intended use'), h('p', { 'data-testid': 'model-card-intended-use' }, card.intended_use)] : null,
+        metrics.length
+          ? [
+              h('h3', {}, 'Expected performance'),
+              h('p', { class: 'small muted' }, `${perf?.method ?? ''}${perf?.n ? ` (n = ${perf.n})` : ''}`),
+              h(
+                'div',
+                { class: 'table-wrap' },
+                h(
+                  'table',
+                  { 'data-testid': 'model-card-metrics' },
+                  h('thead', {}, h('tr', {}, ['Metric', 'Value', '95% CI'].map((t) => h('th', { scope: 'col' }, t)))),
+                  h(
+                    'tbody',
+                    {},
+                    metrics.map(([k, v]) => {
+                      const ci = perf?.ci95?.[k];
+                      return h('tr', { 'data-metric': k }, h('td', {}, k.replaceAll('_', ' ')), h('td', {}, pct(v)), h('td', {}, ci ? `${pct(ci[0])} – ${pct(ci[1])}` : ''));
+                    }),
+                  ),
+                ),
+              ),
+            ]
+          : null,
+        card.limitations?.length ? [h('h3', {}, 'Limitations'), h('ul', { class: 'small', 'data-testid': 'model-card-limitations' }, card.limitations.map((l) => h('li', {}, l)))] : null,
+      );
+    })
+    .catch((err: unknown) => replace(body, message(errorMessage(err), 'error')));
+}
+
 function findingsPanel(findings: Finding[], jobs: Job[], jump: (series: string, sop: string) => void): HTMLElement {
   const section = h('section', { class: 'card findings', 'data-testid': 'findings', 'aria-labelledby': 'findings-title' }, h('h2', { id: 'findings-title' }, 'AI findings'));
   for (const f of findings) {
@@ -78,11 +186,26 @@ function findingsPanel(findings: Finding[], jobs: Job[], jump: (series: string, 
         h('p', {}, h('strong', { 'data-testid': 'finding-label' }, f.label), ' ', h('span', { class: `badge ${f.positive ? 'badge-dead' : 'badge-alive'}` }, f.positive ? 'above threshold' : 'below threshold')),
         h('meter', { min: 0, max: 1, value: f.probability, low: f.threshold, optimum: 0, 'aria-label': 'probability' }),
         h('p', { 'data-testid': 'finding-probability' }, `probability ${f.probability.toFixed(3)} · threshold ${f.threshold.toFixed(3)}`),
-        h('p', { class: 'small' }, `model ${f.model} (${f.model_id})`),
+        h(
+          'p',
+          { class: 'small' },
+          `model ${f.model} (${f.model_id}) · `,
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'btn btn-small btn-quiet',
+              'data-testid': 'open-model-card',
+              'aria-haspopup': 'dialog',
+              onclick: (e: Event) => openModelCard(f, e.currentTarget as HTMLElement),
+            },
+            'Model card',
+          ),
+        ),
         h(
           'details',
           {},
-          h('summary', {}, 'Model card'),
+          h('summary', {}, 'About this finding'),
           h(
             'dl',
             { class: 'small' },

@@ -1,7 +1,7 @@
 // A doctor's worklist: the studies QIDO-RS lets them see (their care-team patients), newest
 // first, with search by patient name or id, date range and modality.
 import { me } from '../api';
-import { errorMessage, studyTable } from '../components';
+import { errorMessage, fillAiColumn, studyTable } from '../components';
 import { searchStudies } from '../dicom';
 import { h, message, replace } from '../dom';
 
@@ -50,11 +50,13 @@ export function render(root: HTMLElement): void {
     searchStudies(filters)
       .then((rows) => {
         const count = h('p', { class: 'muted', 'data-testid': 'result-count' }, `${rows.length} stud${rows.length === 1 ? 'y' : 'ies'}`);
+        const table = rows.length ? studyTable(rows, { share: role === 'doctor', ai: true }) : null;
+        if (table) void fillAiColumn(table);
         replace(
           results,
           count,
-          rows.length
-            ? studyTable(rows, { share: role === 'doctor' })
+          table
+            ? table
             : message(
                 Object.keys(filters).length
                   ? 'No study matches this search among the patients you may see.'
