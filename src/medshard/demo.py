@@ -136,6 +136,7 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4, tls: bool = F
         sample.extend(_chest_xrays(home))
         cast = create_cast(home, DEMO_SITES, sample)
         report = cast.report
+        records = _records(home, cast.token, cast.users)
         info: dict[str, Any] = {
             "home": str(home),
             "api_url": service.url,
@@ -164,6 +165,7 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4, tls: bool = F
             "imported": len(report["imported"]),
             "duplicates": len(report["duplicates"]),
             "rejected": len(report["rejected"]),
+            "records": records,
         }
         if pair is not None:
             info["tls_cert"] = str(pair.cert)
@@ -183,6 +185,14 @@ def run_demo(home: Path, *, port: int = 8080, node_count: int = 4, tls: bool = F
         for proc in nodes:
             proc.stop()
         print("medshard demo stopped; every child process has exited.", file=sys.stderr)
+
+
+def _records(home: Path, token: str, users: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Documents and a day of heart rate for the demo patient (once per demo home)."""
+    from medshard.records.demo import load_demo_records
+
+    patients = [u["patients"][0] for u in users if u["role"] == "patient" and u["patients"]]
+    return load_demo_records(home, token, patients[0]) if patients else None
 
 
 def _chest_xrays(home: Path) -> list[Path]:
@@ -213,6 +223,13 @@ def _print_banner(info: dict[str, Any]) -> None:
         f"  imported {info['imported']} sample instances "
         f"({info['duplicates']} already there, {info['rejected']} rejected)"
     )
+    if info.get("records"):
+        rec = info["records"]
+        print(
+            f"  records of {rec['patient_id']}: {len(rec['documents'])} new documents, "
+            f"{'a day of heart rate' if rec['series'] else 'already loaded'} "
+            f"(FHIR: {info['api_url']}/fhir)"
+        )
     print("  users (passwords and tokens in demo.json):")
     for u in info.get("users", []):
         where = f" at {u['site']}" if u.get("site") else ""

@@ -5,6 +5,8 @@ validates; outsiders find nothing and their denials are audited."""
 from __future__ import annotations
 
 import base64
+import json
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -21,10 +23,14 @@ FHIR = "application/fhir+json"
 
 
 def valid(resource: dict[str, Any]) -> dict[str, Any]:
-    """Validate a resource (and, for a Bundle, every entry) with fhir.resources."""
+    """Validate a resource (and, for a Bundle, every entry) with fhir.resources; each entry
+    must be exactly what the models write (searches build them without the models)."""
     get_fhir_model_class(resource["resourceType"]).model_validate(resource)
     for entry in resource.get("entry", []):
-        valid(entry["resource"])
+        inner = entry["resource"]
+        model = get_fhir_model_class(inner["resourceType"]).model_validate(inner)
+        assert json.loads(model.model_dump_json()) == inner
+        valid(inner)
     return resource
 
 
@@ -283,3 +289,157 @@ def test_observations_and_who_may_see_what(rworld: World, dated: dict[str, str])
     assert {"document-read", "fhir-read", "read"} <= denied
     searched = [e for e in events if e["action"] == "fhir-search" and e["actor"] == "doc-a"]
     assert any(e["patient_id"] == "PAT-A" for e in searched)
+
+
+def _dated_ids(resources: list[Any], dated: dict[str, str]) -> list[str]:
+    wanted = set(dated.values())
+    return [r.id for r in resources if r.id in wanted]
+
+
+def test_sort_by_date_and_last_updated(rworld: World, dated: dict[str, str]) -> None:
+    """``_sort`` as R4 defines it: keys ascending, ``-`` descending, pages in that order."""
+    fc = client(rworld, "doc-a")
+    jan, feb, mar = (dated[k] for k in sorted(dated))
+    search = fc.resources("DocumentReference").search(patient="PAT-A")
+    assert _dated_ids(search.sort("date").fetch_all(), dated) == [jan, feb, mar]
+    assert _dated_ids(search.sort("-date").fetch_all(), dated) == [mar, feb, jan]
+    for key in ("_lastUpdated", "-_lastUpdated", "date", "-date"):
+        found = search.sort(key).fetch_all()
+        values = [r["meta"]["lastUpdated"] if "lastUpdated" in key else r["date"] for r in found]
+        stamps = [datetime.fromisoformat(v.replace("Z", "+00:00")) for v in values]
+        assert stamps == sorted(stamps, reverse=key.startswith("-")), key
+        for resource in found:
+            valid(resource.serialize())
+    # pages of one follow the sort, with no resource twice
+    paged = search.sort("date").limit(1).fetch_all()
+    assert [r.id for r in paged] == [r.id for r in search.sort("date").fetch_all()]
+    assert len({r.id for r in paged}) == len(paged)
+    r = fhir(rworld, "doc-a", "GET", "/DocumentReference", params={"_sort": "-date"})
+    assert "_sort=-date" in valid(r.json())["link"][0]["url"]  # the self link says it
+
+
+def test_include_adds_the_patient_once_and_only_where_visible(
+    rworld: World, dated: dict[str, str]
+) -> None:
+    w, fc = rworld, client(rworld, "doc-a")
+    search = fc.resources("DocumentReference").search(patient="PAT-A")
+    raw = search.include("DocumentReference", "subject").fetch_raw()
+    modes = [(e.search.mode, e.resource.resourceType) for e in raw.entry]
+    assert ("include", "Patient") in modes
+    assert [m for m in modes if m[0] == "include"] == [("include", "Patient")]  # once
+    assert {rt for mode, rt in modes if mode == "match"} == {"DocumentReference"}
+    assert raw.total == len([m for m in modes if m[0] == "match"])  # includes not counted
+    # fhirpy hands back the matches only; every resource of the Bundle validates
+    assert {r.resourceType for r in search.include("DocumentReference", "subject").fetch()} == {
+        "DocumentReference"
+    }
+    for value in ("DocumentReference:subject", "DocumentReference:patient:Patient"):
+        r = fhir(
+            w, "doc-a", "GET", "/DocumentReference", params={"patient": "PAT-A", "_include": value}
+        )
+        bundle = valid(r.json())
+        included = [e for e in bundle["entry"] if e["search"]["mode"] == "include"]
+        assert [e["resource"]["id"] for e in included] == ["PAT-A"]
+        assert included[0]["fullUrl"].endswith("/fhir/Patient/PAT-A")
+        assert included[0]["resource"] == valid(fhir(w, "doc-a", "GET", "/Patient/PAT-A").json())
+    studies = valid(
+        fhir(
+            w,
+            "doc-a",
+            "GET",
+            "/ImagingStudy",
+            params={"patient": "PAT-A", "_include": "ImagingStudy:patient"},
+        ).json()
+    )
+    assert [e["resource"]["resourceType"] for e in studies["entry"]] == ["ImagingStudy", "Patient"]
+    # a search entry is the resource a read returns, field for field
+    match = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "match")
+    assert match == valid(fhir(w, "doc-a", "GET", f"/DocumentReference/{match['id']}").json())
+
+    outsider = fhir(
+        w,
+        "doc-b",
+        "GET",
+        "/DocumentReference",
+        params={"patient": "PAT-A", "_include": "DocumentReference:subject"},
+    )
+    assert valid(outsider.json())["total"] == 0 and valid(outsider.json())["entry"] == []
+    events = w.audit()
+    assert any(
+        e["actor"] == "doc-a"
+        and e["action"] == "fhir-search"
+        and e["patient_id"] == "PAT-A"
+        and "_include" in (e.get("detail") or "")
+        for e in events
+    )
+    assert not any(e["actor"] == "doc-b" and "_include" in (e.get("detail") or "") for e in events)
+
+
+def test_unsupported_parameters_lenient_by_default_strict_when_asked(
+    rworld: World, dated: dict[str, str]
+) -> None:
+    w = rworld
+    plain = valid(fhir(w, "doc-a", "GET", "/DocumentReference", params={"patient": "PAT-A"}).json())
+    for extra in (
+        {"author": "x"},
+        {"_sort": "author"},
+        {"_include": "DocumentReference:author"},
+        {"date:missing": "true"},
+        {"_total": "maybe"},
+    ):
+        params = {"patient": "PAT-A", **extra}
+        for prefer in ({}, {"Prefer": "handling=lenient"}):
+            r = fhir(w, "doc-a", "GET", "/DocumentReference", params=params, headers=prefer)
+            assert r.status_code == 200, (extra, r.text)
+            bundle = valid(r.json())
+            assert bundle["total"] == plain["total"]
+            matches = [e for e in bundle["entry"] if e["search"]["mode"] == "match"]
+            assert len(matches) == len(plain["entry"])
+            outcome = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+            key = next(iter(extra))
+            assert outcome and outcome[0]["resourceType"] == "OperationOutcome"
+            assert outcome[0]["issue"][0]["code"] == "not-supported"
+            assert key in outcome[0]["issue"][0]["diagnostics"]
+            assert key not in bundle["link"][0]["url"].split("?")[1]  # self: what was used
+        strict = fhir(
+            w,
+            "doc-a",
+            "GET",
+            "/DocumentReference",
+            params=params,
+            headers={"Prefer": "return=representation, handling=strict"},
+        )
+        assert strict.status_code == 400, (extra, strict.text)
+        issue = valid(strict.json())["issue"][0]
+        assert issue["code"] == "not-supported" and next(iter(extra)) in issue["diagnostics"]
+    # every supported parameter passes strict handling
+    ok = fhir(
+        w,
+        "doc-a",
+        "GET",
+        "/DocumentReference",
+        params={
+            "patient": "PAT-A",
+            "date": "ge2026",
+            "_sort": "-date,_id",
+            "_count": 2,
+            "_total": "accurate",
+            "_include": "DocumentReference:subject",
+        },
+        headers={"Prefer": "handling=strict"},
+    )
+    assert ok.status_code == 200, ok.text
+    # _total=none: a full page leaves the total out (and still links the next page)
+    r = valid(
+        fhir(
+            w,
+            "doc-a",
+            "GET",
+            "/DocumentReference",
+            params={"patient": "PAT-A", "_count": 1, "_total": "none"},
+        ).json()
+    )
+    assert "total" not in r and "next" in {link["relation"] for link in r["link"]}
+    cap = valid(fhir(w, None, "GET", "/metadata").json())
+    docs = next(x for x in cap["rest"][0]["resource"] if x["type"] == "DocumentReference")
+    assert "DocumentReference:subject" in docs["searchInclude"]

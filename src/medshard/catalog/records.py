@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from medshard.catalog.models import Patient, Site, StoredObject, utcnow
@@ -224,25 +224,35 @@ _DOC_COLUMNS = (
 )
 
 
+#: Documents joined to their versions, objects, patients and sites (built once: every
+#: lookup of documents only adds its conditions).
+_DOC_FROM = (
+    select(*_DOC_COLUMNS)
+    .select_from(Document)
+    .join(Patient, Patient.id == Document.patient_pk)
+    .join(DocumentVersion, DocumentVersion.document_pk == Document.id)
+    .join(StoredObject, StoredObject.id == DocumentVersion.object_pk)
+    .outerjoin(Site, Site.id == DocumentVersion.source_site_id)
+)
+
+
 def doc_query(*where: ColumnElement[bool], latest: bool = True) -> Select[*tuple[Any, ...]]:
     """Documents (or, with ``latest=False``, all their versions) matching ``where``."""
-    query = (
-        select(*_DOC_COLUMNS)
-        .select_from(Document)
-        .join(Patient, Patient.id == Document.patient_pk)
-        .join(DocumentVersion, DocumentVersion.document_pk == Document.id)
-        .join(StoredObject, StoredObject.id == DocumentVersion.object_pk)
-        .outerjoin(Site, Site.id == DocumentVersion.source_site_id)
-        .where(*where)
-    )
+    query = _DOC_FROM.where(*where)
     if latest:
         query = query.where(DocumentVersion.version == Document.latest_version)
     return query
 
 
-def doc_rows(session: Session, query: Select[*tuple[Any, ...]]) -> list[DocRow]:
+def doc_rows(
+    db: Session | Connection,
+    query: Select[*tuple[Any, ...]],
+    params: dict[str, Any] | None = None,
+) -> list[DocRow]:
+    """The rows of a :func:`doc_query` (``params`` for its bound parameters, if any); a
+    Core connection skips the ORM's per-statement work."""
     out = []
-    for row in session.execute(query):
+    for row in db.execute(query, params):
         values = list(row)
         values[8] = as_utc(values[8])
         values[15] = as_utc(values[15])

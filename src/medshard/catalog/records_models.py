@@ -116,7 +116,8 @@ class SensorSegment(Base):
 
 
 Index("ix_documents_patient_date", Document.patient_pk, Document.doc_date)
-Index("ix_documents_date", Document.doc_date)
+# the patient beside the date: a search by date alone filters by patient from the index
+Index("ix_documents_date_patient", Document.doc_date, Document.patient_pk)
 Index("ix_sensor_segments_patient_signal", SensorSegment.patient_pk, SensorSegment.signal,
       SensorSegment.start_at)  # fmt: skip
 Index("ix_sensor_segments_start", SensorSegment.start_at)

@@ -18,6 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from medshard.api.errors import status_of
+from medshard.api.fhir.search import UnsupportedSearchError
 from medshard.errors import InvalidInputError, MedshardError, VersionConflictError
 
 FHIR_JSON: Final = "application/fhir+json"
@@ -54,6 +55,11 @@ def validated(resource: dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
+def check(resource: dict[str, Any]) -> None:
+    """Validate a resource with ``fhir.resources`` (a failure is this facade's bug: 500)."""
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
 def parse_resource(body: bytes, expected: str) -> dict[str, Any]:
     """A client's resource, validated; 400 with the validation errors otherwise."""
     try:
@@ -78,13 +84,13 @@ def fhir_response(body: dict[str, Any], status: int = 200, **headers: str) -> Re
     )
 
 
-def outcome(status: int, message: str) -> Response:
+def outcome(status: int, message: str, code: str | None = None) -> Response:
     body = {
         "resourceType": "OperationOutcome",
         "issue": [
             {
                 "severity": "error",
-                "code": _ISSUE_CODE.get(status, "exception"),
+                "code": code or _ISSUE_CODE.get(status, "exception"),
                 "diagnostics": message[:2000],
             }
         ],
@@ -96,6 +102,8 @@ def outcome(status: int, message: str) -> Response:
 def _answer(exc: MedshardError) -> Response:
     if isinstance(exc, PreconditionError):
         return outcome(exc.status, str(exc))
+    if isinstance(exc, UnsupportedSearchError):
+        return outcome(400, str(exc), "not-supported")
     if isinstance(exc, VersionConflictError):
         return outcome(412, str(exc))
     return outcome(status_of(exc), str(exc))

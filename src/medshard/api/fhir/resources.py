@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from medshard.api.fhir.search import INCLUDES, SORTS
 from medshard.catalog.models import Patient, Series, Study
 from medshard.catalog.records import DocRow, as_utc
 from medshard.catalog.records_models import SensorSegment
@@ -29,7 +30,11 @@ MAX_CELLS: Final = 20_000
 
 
 def instant(value: datetime) -> str:
-    return as_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """An instant to the millisecond, written as ``fhir.resources`` writes it (no fraction
+    when it is zero, else six digits), so that a resource is the same text whether or not it
+    went through the models."""
+    at = as_utc(value)
+    return at.replace(microsecond=at.microsecond // 1000 * 1000).isoformat().replace("+00:00", "Z")
 
 
 def patient(row: Patient) -> dict[str, Any]:
@@ -217,12 +222,20 @@ def capability(base: str) -> dict[str, Any]:
     def resource(
         kind: str, interactions: list[str], params: list[tuple[str, str]], **kw: Any
     ) -> dict[str, Any]:
-        return {
+        out = {
             "type": kind,
             "interaction": [{"code": i} for i in interactions],
             "searchParam": [{"name": n, "type": t} for n, t in params],
             **kw,
         }
+        if kind in SORTS:
+            out["searchInclude"] = [f"{kind}:{p}" for p in sorted(INCLUDES[kind])] or None
+            out["documentation"] = (
+                f"_sort keys: {', '.join(sorted(SORTS[kind]))} (a leading - descends); "
+                "_total: none, estimate or accurate; unsupported parameters are ignored "
+                "unless the request says Prefer: handling=strict (then 400)"
+            )
+        return {k: v for k, v in out.items() if v is not None}
 
     paged = [("_count", "number")]
     docs = [("patient", "reference"), ("subject", "reference"), ("date", "date"), *paged]

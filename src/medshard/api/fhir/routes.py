@@ -27,7 +27,7 @@ from medshard.api.fhir.model import (
     parse_resource,
     validated,
 )
-from medshard.api.fhir.search import history_bundle, patient_ref, searchset
+from medshard.api.fhir.search import history_bundle, patient_ref, strict_handling
 from medshard.catalog.records import DocFields, DocRow
 from medshard.errors import InvalidInputError
 from medshard.ingest.times import parse_instant
@@ -40,10 +40,11 @@ def base_of(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-def _bundle(request: Request, kind: str, found: tuple[list[dict[str, Any]], int]) -> Response:
-    resources, total = found
-    checked = [validated(r) for r in resources]
-    return fhir_response(searchset(base_of(request), kind, request.query_params, checked, total))
+def _search(request: Request, kind: str) -> Response:
+    """A search, under the handling the client prefers for unsupported parameters."""
+    strict = strict_handling(request.headers.get("prefer"))
+    bundle = queries.searchset_for(kind, request.query_params, base_of(request), strict=strict)
+    return fhir_response(bundle)
 
 
 def _one(resource: dict[str, Any], status: int = 200, request: Request | None = None) -> Response:
@@ -71,7 +72,7 @@ def metadata(request: Request) -> Response:
 @router.get("/Patient")
 @fhir_errors
 def search_patient(request: Request) -> Response:
-    return _bundle(request, "Patient", queries.search_patients(request.query_params))
+    return _search(request, "Patient")
 
 
 @router.get("/Patient/{pid}")
@@ -83,8 +84,7 @@ def read_patient(pid: str) -> Response:
 @router.get("/ImagingStudy")
 @fhir_errors
 def search_imaging_study(request: Request) -> Response:
-    found = queries.search_studies(request.query_params, base_of(request))
-    return _bundle(request, "ImagingStudy", found)
+    return _search(request, "ImagingStudy")
 
 
 @router.get("/ImagingStudy/{uid}")
@@ -102,7 +102,7 @@ def read_endpoint(request: Request) -> Response:
 @router.get("/Observation")
 @fhir_errors
 def search_observation(request: Request) -> Response:
-    return _bundle(request, "Observation", queries.search_observations(request.query_params))
+    return _search(request, "Observation")
 
 
 @router.get("/Observation/{uid}")
@@ -114,7 +114,7 @@ def read_observation(uid: str) -> Response:
 @router.get("/DocumentReference")
 @fhir_errors
 def search_document_reference(request: Request) -> Response:
-    return _bundle(request, "DocumentReference", queries.search_documents(request.query_params))
+    return _search(request, "DocumentReference")
 
 
 @router.get("/DocumentReference/{uid}")
