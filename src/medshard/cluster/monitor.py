@@ -79,7 +79,9 @@ class HealthMonitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.backups.wait(timeout=5)  # a daemon thread: never hold up shutdown for long
+        # A daemon thread: never hold up shutdown for long. A backup cut short is harmless:
+        # its manifest is written last, so restore never sees a half-written one.
+        self.backups.wait(timeout=1)
 
     def tick(self) -> None:
         pool = self.archive.pool
