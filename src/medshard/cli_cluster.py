@@ -3,7 +3,8 @@
 ``medshard site add|list`` and ``medshard node add|drain|undrain|remove|weight|list`` change the
 topology in the catalog as the host operator (see :mod:`medshard.security.local`), each change
 audited; ``medshard node --name N --site S --port P --data D`` still runs a storage node.
-Data moves in the background (the service's monitor); ``node drain --wait`` moves it here.
+Data moves in the background (the service's monitor); ``node drain --wait`` and
+``node rebalance --wait`` (after nodes are added or re-weighted) move it here.
 """
 
 from __future__ import annotations
@@ -182,6 +183,48 @@ def node_drain(
         raise _fail(str(exc)) from exc
     result = {"node": name, "moved": moved, "seconds": round(time.monotonic() - start, 3)}
     print(json.dumps(result) if as_json else f"node {name} drained: {moved} copies moved")
+
+
+@node_app.command("rebalance")
+def node_rebalance(
+    wait: Annotated[bool, typer.Option(help="Move the data here and now, then return")] = False,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move hash-placed copies to where placement puts them now (after nodes were added or
+    re-weighted); copies serving a care site stay. Without --wait, count what would move
+    (the service moves it in the background after every topology change)."""
+    from medshard.cluster.deletions import drain_deletions
+    from medshard.cluster.rebalance import RateLimiter, Rebalancer
+
+    start = time.monotonic()
+    with _operator(home) as caller:
+        archive = caller.gate.archive
+        try:
+            archive.pool.probe()  # moves need to know which nodes are up now
+            limiter = RateLimiter(archive.settings.rebalance_bytes_per_s)
+            report = Rebalancer(archive).run_pass(limiter, dry_run=not wait)
+            if wait:
+                drain_deletions(archive)
+        except MedshardError as exc:
+            raise _fail(str(exc)) from exc
+        if wait:
+            with caller.gate.catalog.transaction() as session:
+                _record(caller, session, "node-rebalance", f"{report.moved} copies moved")
+    if report.failures and not report.moved:
+        raise _fail("; ".join(report.failures[:3]))
+    result = {
+        "moved" if wait else "misplaced": report.moved,
+        "bytes": report.bytes_moved,
+        "failures": len(report.failures),
+        "seconds": round(time.monotonic() - start, 3),
+    }
+    if as_json:
+        print(json.dumps(result))
+    elif wait:
+        print(f"rebalanced: {report.moved} copies moved")
+    else:
+        print(f"{report.moved} copies misplaced; the service moves them (or use --wait)")
 
 
 @node_app.command("undrain")

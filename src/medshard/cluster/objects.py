@@ -37,7 +37,12 @@ from medshard.catalog.db import Catalog
 from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject
 from medshard.catalog.writes import ObjectRow, PatientKeyRow, insert_object
 from medshard.cluster.nodes import NodePool
-from medshard.cluster.placement import CareAwarePlacement, PlacementPolicy, site_distance
+from medshard.cluster.placement import (
+    CareAwarePlacement,
+    PlacementPolicy,
+    chunk_key,
+    site_distance,
+)
 from medshard.config import Settings
 from medshard.errors import (
     ChecksumMismatchError,
@@ -187,7 +192,7 @@ class ObjectStore:
 
         def targets_of(idx: int) -> list[str]:
             """Each chunk its own replica set: a large object is striped over the nodes."""
-            key = object_key if idx == 0 else f"{object_key}/{idx}"
+            key = chunk_key(object_key, idx)
             targets = self.placement.place(key, views, k, care_sites=care_sites, sites=sites)
             if len(targets) < quorum:
                 raise NoQuorumError(
@@ -197,7 +202,7 @@ class ObjectStore:
 
         def spares_of(idx: int, targets: list[str]) -> Callable[[], str | None]:
             """The next node for chunk ``idx`` when a target turns out full (None: no more)."""
-            key = object_key if idx == 0 else f"{object_key}/{idx}"
+            key = chunk_key(object_key, idx)
             taken = set(targets)
             lock = threading.Lock()
 

@@ -16,6 +16,13 @@ Ranking, in order:
    capacity-proportional virtual nodes gives, without a ring table).
 3. **distinct sites**: while sites are unused, a node at a new site beats a better-ranked node
    at a used one. Never two replicas on one node.
+4. **bounded load** (as consistent hashing with bounded loads, Mirrokni et al.): care sites
+   are not spread evenly over the storage, so a busy hospital's nodes would fill first. A
+   node that reports its capacity and is fuller than ``load_bound`` times the mean fill of
+   the placeable nodes takes no new hashed copy while enough others can; fuller than
+   ``care_load_bound`` times the mean, no care-site copy either: those spill to the nearest
+   nodes with room (the next-nearest site). Nothing is ever moved for the bound: it only
+   steers new copies.
 
 Draining, dead, unreachable and full nodes take no new copies. Callers record the chosen nodes
 in the catalog: the catalog, not this formula, is the truth for where data lives.
@@ -45,6 +52,12 @@ MIX2 = 0x94D049BB133111EB
 MS_PER_KM = 0.02
 #: Distance of a pair nobody can estimate: larger than any real one.
 UNKNOWN_MS = 1e6
+#: A node fuller than this times the mean fill takes no new hashed copies while others can,
+#: and above :data:`CARE_LOAD_BOUND` no care-site copies either (they spill to the nearest
+#: nodes with room). Hashed copies yield first: a third of all copies, they can even out
+#: most busy sites without sending a single care-site copy away.
+LOAD_BOUND = 1.05
+CARE_LOAD_BOUND = 1.08
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,13 @@ def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
+def chunk_key(object_key: str, idx: int) -> str:
+    """The key a chunk is placed by: its object's key for the first chunk, ``key/idx`` for
+    the others (each chunk of a large object its own replica set). Writes, repair, drain
+    and rebalancing all rank nodes by it, so that they agree on where a copy belongs."""
+    return object_key if idx == 0 else f"{object_key}/{idx}"
+
+
 def placement_group(key: str) -> int:
     return key_hash(key) % PLACEMENT_GROUPS
 
@@ -190,9 +210,32 @@ def site_distance(site: str, node: NodeView, sites: Mapping[str, SiteView]) -> f
 class CareAwarePlacement:
     """The default policy (see the module docstring)."""
 
-    def __init__(self, *, min_reliability: float = 0.5, near_slack_ms: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        min_reliability: float = 0.5,
+        near_slack_ms: float = 0.5,
+        load_bound: float = LOAD_BOUND,
+        care_load_bound: float = CARE_LOAD_BOUND,
+    ) -> None:
         self.min_reliability = min_reliability
         self.near_slack_ms = near_slack_ms
+        self.load_bound = load_bound
+        self.care_load_bound = max(care_load_bound, load_bound)
+
+    def over_bound(self, nodes: Sequence[NodeView], bound: float | None = None) -> set[str]:
+        """Placeable nodes whose fill (used over capacity) exceeds ``bound`` (default
+        ``load_bound``) times the mean fill of the placeable nodes that report a capacity;
+        none when ``load_bound`` is 0."""
+        bound = self.load_bound if bound is None else bound
+        sized = [n for n in nodes if n.placeable and n.capacity_bytes > 0]
+        if self.load_bound <= 0 or len(sized) < 2:
+            return set()
+        used = sum(n.used_bytes for n in sized)
+        if used <= 0:
+            return set()
+        limit = bound * used / sum(n.capacity_bytes for n in sized)
+        return {n.name for n in sized if n.used_bytes > limit * n.capacity_bytes}
 
     def place(
         self,
@@ -203,9 +246,16 @@ class CareAwarePlacement:
         exclude: Collection[str] = (),
         care_sites: Sequence[str] = (),
         sites: Mapping[str, SiteView] | None = None,
+        keep: Sequence[str] = (),
     ) -> list[str]:
         return self.place_group(
-            placement_group(key), nodes, k, exclude=exclude, care_sites=care_sites, sites=sites
+            placement_group(key),
+            nodes,
+            k,
+            exclude=exclude,
+            care_sites=care_sites,
+            sites=sites,
+            keep=keep,
         )
 
     def place_group(
@@ -217,18 +267,33 @@ class CareAwarePlacement:
         exclude: Collection[str] = (),
         care_sites: Sequence[str] = (),
         sites: Mapping[str, SiteView] | None = None,
+        keep: Sequence[str] = (),
     ) -> list[str]:
-        """:meth:`place` for a key already hashed to its placement group."""
-        candidates = [n for n in nodes if n.placeable and n.name not in exclude]
-        if not candidates:
+        """:meth:`place` for a key already hashed to its placement group.
+
+        ``keep``: nodes that already hold a copy which stays where it is (a copy serving a
+        care site, when rebalancing): they come first in the answer, count towards ``k`` and
+        use up their sites, whether or not they could take a new copy now.
+        """
+        chosen = [n for name in dict.fromkeys(keep) for n in nodes if n.name == name][:k]
+        taken = set(exclude) | {n.name for n in chosen}
+        candidates = [n for n in nodes if n.placeable and n.name not in taken]
+        if not candidates and not chosen:
             raise InsufficientNodesError("no live storage node with free space to place on")
         scores = {n.name: group_score(group, n) for n in candidates}
         ranked = sorted(candidates, key=lambda n: scores[n.name], reverse=True)
-        chosen: list[NodeView] = []
+        over = self.over_bound(nodes)
+        if over:
+            crowded = self.over_bound(nodes, self.care_load_bound)
+            near_ranked = [n for n in ranked if n.name not in crowded] or ranked
+            roomy = [n for n in ranked if n.name not in over]
+            ranked = roomy if len(roomy) >= k - len(chosen) else ranked
+        else:
+            near_ranked = ranked
         for site in dict.fromkeys(care_sites):
             if len(chosen) >= k:
                 break
-            near = self.nearest(site, [n for n in ranked if n not in chosen], sites or {})
+            near = self.nearest(site, [n for n in near_ranked if n not in chosen], sites or {})
             if near is not None:
                 chosen.append(near)
         used_sites = {n.site for n in chosen}

@@ -9,10 +9,15 @@ storage deployed there (capacity planned where patients are).
 What is the same code as the live system: the node and site views, the near-node sets
 (:meth:`CareAwarePlacement.near_nodes`), the distance model (:func:`site_distance`), the
 placement-group hash and the rendezvous unit (:func:`unit_of`, evaluated with numpy; a test
-checks the vectorised ranking against :meth:`CareAwarePlacement.place_group`). What is a model:
-object keys are integers hashed with the same mix; time to repair is bytes on the lost node
-over the service's repair rate; a node failure loses its disk, and an object is lost only if
-all its k nodes fail within one repair window.
+checks the vectorised ranking against :meth:`CareAwarePlacement.place_group`), and the load
+bound (:meth:`CareAwarePlacement.over_bound`: a node's fill is its copies over its weight,
+re-evaluated after every batch of patients, as a live service sees fill at every probe).
+What is a model: object keys are integers hashed with the same mix; a node failure loses its
+disk; time to repair a node is its bytes over the service's repair rate; the repair policy
+is :mod:`medshard.cluster.repair`'s: a lost copy is rebuilt after the dead delay plus the
+repair of its node, but a chunk left with one copy is rebuilt at once (``at_risk``). An
+object is lost when its second node fails before the first one's copy is rebuilt and its
+last node fails before the at-risk repair ends.
 """
 
 from __future__ import annotations
@@ -265,8 +270,11 @@ def place_batch(
     node_site: IntArray,
     alive: npt.NDArray[np.bool_],
     k: int,
+    roomy: npt.NDArray[np.bool_] | None = None,
 ) -> IntArray:
-    """The placement of a batch of objects: care sites first, then the group ranking."""
+    """The placement of a batch of objects: care sites first, then the group ranking
+    (over the ``roomy`` nodes only, when given: those under the load bound)."""
+    hashable = alive if roomy is None else roomy
     b = len(groups)
     g = groups.astype(np.int64)
     chosen = np.full((b, k), -1, dtype=np.int64)
@@ -291,7 +299,7 @@ def place_batch(
             if (count >= k).all():
                 break  # almost every object is complete after its first few ranked nodes
             node = top[g, t]
-            ok = (count < k) & alive[node]
+            ok = (count < k) & hashable[node]
             for c in range(k):
                 ok &= node != chosen[:, c]
                 if distinct:
@@ -345,6 +353,7 @@ def run_simulation(cfg: SimulationConfig) -> dict[str, Any]:
     weight_eff = weight * np.append(reliability, 0.99)
     node_site = np.append(region.node_site, 0)
     top, top_scores = group_top(region, weight_eff[:n])
+    bound = placement.load_bound
 
     # the added node: weight 2 at a random site that has nodes; the removed one: random
     added_site = int(rng.choice(region.node_site))
@@ -378,6 +387,14 @@ def run_simulation(cfg: SimulationConfig) -> dict[str, Any]:
     care_top(near_add, weight_eff, hashes, k, changed_sites(near, near_add), into=care_add)
     care_rm = care_base.copy()
     care_top(near_rm, weight_eff, hashes, k, changed_sites(near, near_rm), into=care_rm)
+    # the load bound: nodes over it take no new hashed copies; over the care bound no care
+    # copies either, and their sites' care copies spill
+    over = np.zeros(n + 1, dtype=bool)
+    crowded = np.zeros(n + 1, dtype=bool)
+    near_now = np.full((len(near), max(near.shape[1], TOP)), -1, dtype=np.int64)
+    near_now[:, : near.shape[1]] = near
+    care_now = care_base.copy()
+    index = {v.name: i for i, v in enumerate(grown.views)}
 
     care = _patients(cfg, region, rng)
     moved_care = rng.random(cfg.patients) < 0.01
@@ -386,32 +403,54 @@ def run_simulation(cfg: SimulationConfig) -> dict[str, Any]:
                                          p=region.site_p)  # fmt: skip
     load = np.zeros(n + 1)
     stats = {"objects": 0, "moved_add": 0, "moved_rm": 0, "moved_care": 0, "care_objs": 0,
-             "local": 0, "local_down": 0, "within": 0, "at_care": 0}  # fmt: skip
+             "local": 0, "local_down": 0, "within": 0, "at_care": 0, "spilled": 0}  # fmt: skip
     all_replicas = np.empty((cfg.patients * cfg.files_per_patient, k), dtype=np.int16)
     near_mask = np.zeros((len(region.site_names), n + 1), dtype=bool)
     for j, row in enumerate(near):
         near_mask[j, row[row >= 0]] = True
     salt = np.uint64(cfg.seed * 0x1000193)
-    for start in range(0, cfg.patients, cfg.batch_patients):
-        stop = min(cfg.patients, start + cfg.batch_patients)
+    # at least 100 batches: the load bound sees the fill after each (a probe's worth)
+    batch = max(1, min(cfg.batch_patients, cfg.patients // 100))
+    for start in range(0, cfg.patients, batch):
+        stop = min(cfg.patients, start + batch)
         pids = np.repeat(np.arange(start, stop, dtype=np.uint64), cfg.files_per_patient)
         files = np.tile(np.arange(cfg.files_per_patient, dtype=np.uint64), stop - start)
         keys = mix64_np(pids * np.uint64(cfg.files_per_patient) + files + salt)
         groups = keys % np.uint64(PLACEMENT_GROUPS)
         pc = care[pids.astype(np.int64)]
-        base = place_batch(groups, pc, care_base, top, node_site, alive, k)
+        if bound > 0 and load.any():
+            now = np.zeros(n + 1, dtype=bool)
+            mean = load[:n].sum() / weight[:n].sum()
+            over[:n] = alive[:n] & (load[:n] > bound * mean * weight[:n])
+            now[:n] = alive[:n] & (load[:n] > placement.care_load_bound * mean * weight[:n])
+            if (now != crowded).any():
+                flipped = now != crowded
+                crowded = now
+                rows = _rows_to_respill(near, near_now, flipped)
+                ok = [v for i, v in enumerate(grown.views) if alive[i] and not crowded[i]]
+                for j in rows:
+                    near_j = placement.near_nodes(region.site_names[j], ok, region.sites)
+                    got = [index[v.name] for v in near_j]
+                    near_now[j] = -1
+                    near_now[j, : min(len(got), near_now.shape[1])] = got[: near_now.shape[1]]
+                care_top(near_now, weight_eff, hashes, k, rows, into=care_now)
+        base = place_batch(groups, pc, care_now, top, node_site, alive, k, alive & ~over)
         all_replicas[start * cfg.files_per_patient : stop * cfg.files_per_patient] = base
         np.add.at(load, base[base >= 0], 1)
         stats["objects"] += len(groups)
+        # data movement is the placement function's (the bound never moves a copy): compare
+        # placements with the bound off, before and after the change
+        ref = place_batch(groups, pc, care_base, top, node_site, alive, k) if over.any() else base
+        stats["spilled"] += _moved(ref, base)
         grown_pl = place_batch(groups, pc, care_add, top_add, node_site, alive_add, k)
-        stats["moved_add"] += _moved(base, grown_pl)
+        stats["moved_add"] += _moved(ref, grown_pl)
         shrunk = place_batch(groups, pc, care_rm, top, node_site, alive_rm, k)
-        stats["moved_rm"] += _moved(base, shrunk)
+        stats["moved_rm"] += _moved(ref, shrunk)
         mc = moved_care[pids.astype(np.int64)]
         if mc.any():
             after = place_batch(groups[mc], new_care[pids.astype(np.int64)][mc], care_base, top,
                                 node_site, alive, k)  # fmt: skip
-            stats["moved_care"] += _moved(base[mc], after)
+            stats["moved_care"] += _moved(ref[mc], after)
             stats["care_objs"] += int(mc.sum())
         # one read per object, from one of the patient's care sites
         which = (rng.random(len(groups)) * (pc >= 0).sum(axis=1)).astype(np.int64)
@@ -436,6 +475,8 @@ def run_simulation(cfg: SimulationConfig) -> dict[str, Any]:
     per_weight = load[:n] / weight[:n]
     replicas_total = stats["objects"] * k
     busiest = float(load[:n].max()) * cfg.object_kb * 1024
+    # what two failed nodes share (the at-risk chunks repaired first): the busiest pair's
+    shared = float(np.sort(load[:n])[-2] * load[:n].max() / stats["objects"])
     failures = _failures(cfg, n, rng)
     by_rate = {}
     for label, rate in (
@@ -444,9 +485,13 @@ def run_simulation(cfg: SimulationConfig) -> dict[str, Any]:
         ("parallel: every node at rebalance_bytes_per_s", settings.rebalance_bytes_per_s * n / k),
     ):
         minutes = busiest / rate / 60
+        first = settings.dead_after_s / 60 + minutes
+        last = (2 * settings.heartbeat_interval_s + shared * cfg.object_kb * 1024 / rate) / 60
         by_rate[label] = {
             "repair_minutes": round(minutes, 3),
-            "objects_lost": _objects_lost(all_replicas, failures, minutes),
+            "lost_copy_rebuilt_within_minutes": round(first, 3),
+            "last_copy_rebuilt_within_minutes": round(last, 3),
+            "objects_lost": _objects_lost(all_replicas, failures, first, last),
         }
     repair_minutes = by_rate["rebalance_bytes_per_s"]["repair_minutes"]
     lost = by_rate["rebalance_bytes_per_s"]["objects_lost"]
@@ -471,13 +516,32 @@ def run_simulation(cfg: SimulationConfig) -> dict[str, Any]:
         f"read_within_{cfg.local_ms:g}ms_fraction": round(stats["within"] / stats["objects"], 4),
         "objects_with_copy_near_a_care_site": round(stats["at_care"] / stats["objects"], 4),
         "repair_minutes_after_node_loss": round(repair_minutes, 2),
-        "repair_model": "busiest node's bytes over one service at rebalance_bytes_per_s",
+        "repair_model": "busiest node's bytes over one service at rebalance_bytes_per_s, "
+        "after the dead delay; a chunk down to its last copy: two heartbeats plus the copying "
+        "of what the two failed nodes share",
+        "load_bound": bound,
+        "copies_steered_by_load_bound": round(stats["spilled"] / replicas_total, 4),
         "repair_by_rate": by_rate,
         "objects_lost": lost,
-        "failure_model": f"{cfg.failure_rate_per_day:.0%}/node/day for {cfg.days} days; lost "
-        "if all k nodes fail within one repair window",
+        "failure_model": f"{cfg.failure_rate_per_day:.0%}/node/day for {cfg.days} days, each "
+        "losing the node's disk; lost if the second node fails before the first one's copy "
+        "is rebuilt and the last before the at-risk repair ends",
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _rows_to_respill(
+    near: IntArray, near_now: IntArray, flipped: npt.NDArray[np.bool_]
+) -> list[int]:
+    """Sites whose near set may change when ``flipped`` nodes crossed the load bound: those
+    with a flipped node near them (now or without the bound), and those spilling now."""
+
+    def touches(table: IntArray) -> npt.NDArray[np.bool_]:
+        return np.asarray(((table >= 0) & flipped[np.maximum(table, 0)]).any(axis=1), dtype=bool)
+
+    spilling = (near_now[:, : near.shape[1]] != near).any(axis=1)
+    spilling |= (near_now[:, near.shape[1] :] >= 0).any(axis=1)
+    return np.flatnonzero(touches(near) | touches(near_now) | spilling).tolist()
 
 
 def _moved(before: IntArray, after: IntArray) -> int:
@@ -500,16 +564,30 @@ def _failures(
 
 
 def _objects_lost(
-    replicas: npt.NDArray[np.int16], failures: tuple[FloatArray, IntArray], repair_minutes: float
+    replicas: npt.NDArray[np.int16],
+    failures: tuple[FloatArray, IntArray],
+    first: float,
+    last: float,
 ) -> int:
-    """Objects whose every copy sat on nodes that failed within one repair window."""
+    """Objects whose copies were all lost before repair put them back: for each failure
+    that leaves an object one copy (its (k-1)-th), the earlier k-2 failed within ``first``
+    minutes before it (their copies not yet rebuilt) and the last within ``last`` minutes
+    after it (the at-risk repair; ``first`` again for k = 2, which has no at-risk rule)."""
     k = replicas.shape[1]
     minute, node = failures
+    if k == 1:
+        return int(np.isin(replicas[:, 0], node).sum())
+    after = last if k >= 3 else first
     lost: set[int] = set()
-    window = max(repair_minutes, 1.0)
-    for i in range(len(minute)):
-        group = node[(minute >= minute[i]) & (minute <= minute[i] + window)]
-        if len(group) < k:
+    for j in range(len(minute)):
+        lo, hi = np.searchsorted(minute, [minute[j] - first, minute[j] + after], side="right")
+        earlier, later = node[lo:j], node[j + 1 : hi]
+        if not len(later) or len(earlier) < k - 2:
             continue
-        lost.update(np.flatnonzero(np.isin(replicas, group).all(axis=1)).tolist())
+        rows = np.flatnonzero((replicas == node[j]).any(axis=1))
+        held = replicas[rows]
+        in_earlier, in_later = np.isin(held, earlier), np.isin(held, later)
+        ok = (in_earlier | in_later | (held == node[j])).all(axis=1)
+        ok &= in_later.any(axis=1) & (in_earlier.sum(axis=1) >= k - 2)
+        lost.update(rows[ok].tolist())
     return len(lost)
