@@ -79,7 +79,13 @@ def test_admin_cluster_shows_free_space_queues_backup_and_the_coordinate_map(
     web_world: WebWorld, new_page: Callable[..., Page]
 ) -> None:
     w = web_world.world
+    # the service backs its metadata up soon after it starts: wait for that first backup, so
+    # the status read here and the one the page shows agree (the next is minutes away)
+    deadline = time.monotonic() + 90
     status = w.admin("/api/status")
+    while not status["backup"]["last_backup_at"] and time.monotonic() < deadline:
+        time.sleep(1)
+        status = w.admin("/api/status")
     full_node = status["nodes"][0]["name"]
     page = new_page()
 
