@@ -29,8 +29,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, lazyload, selectinload
 
 from medshard import metrics
 from medshard.catalog.db import Catalog
@@ -68,6 +68,11 @@ log = logging.getLogger(__name__)
 
 #: Chunks of one object fetched at once when it is read (each up to ``chunk_size`` bytes).
 READ_AHEAD = 4
+
+
+_KEY_OF_PATIENT = select(
+    Patient.id, Patient.patient_id, Patient.shard, Patient.wrapped_key, Patient.master_key_id
+).where(Patient.id == bindparam("pk"))
 
 
 def shard_of(patient_id: str, shards: int) -> int:
@@ -347,13 +352,22 @@ class ObjectStore:
     def load(self, object_key: str) -> tuple[StoredObject, bytes]:
         """The object's row (chunks and replicas loaded) and its data key."""
         with self.catalog.session() as session:
-            obj = session.scalar(select(StoredObject).where(StoredObject.object_key == object_key))
+            # chunks and their replicas in two more queries, not one per chunk; readers rank
+            # replicas by node pk through the pool, so the nodes' rows are not loaded
+            obj = session.scalar(
+                select(StoredObject)
+                .where(StoredObject.object_key == object_key)
+                .options(
+                    lazyload("*"),
+                    selectinload(StoredObject.chunks)
+                    .selectinload(Chunk.replicas)
+                    .lazyload(Replica.node),
+                )
+            )
             if obj is None:
                 raise NotFoundError(f"object {object_key} not found")
-            for chunk in obj.chunks:
-                _ = [r.node for r in chunk.replicas]
-            patient = session.get(Patient, obj.patient_pk)
-            assert patient is not None
+            row = session.connection().execute(_KEY_OF_PATIENT, {"pk": obj.patient_pk}).one()
+            patient = PatientKeyRow(*row)
             data_key = unwrap_data_key(self.patient_key(patient), obj.wrapped_key, object_key)
             return obj, data_key
 
