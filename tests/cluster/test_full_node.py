@@ -21,7 +21,7 @@ from medshard.catalog.db import Catalog
 from medshard.catalog.models import Chunk, Node, Replica, StoredObject
 from medshard.demo import sample_dicom_dir
 from tests.cluster.netfaults import fill, tmpfs
-from tests.conftest import Deployment, make_deployment, start_service
+from tests.conftest import TEST_SITE, Deployment, make_deployment, start_service
 
 BOUNDARY = "full-node-boundary"
 
@@ -54,8 +54,10 @@ def node_entry(status: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_a_full_node_is_skipped_and_reported_while_ingest_goes_on(tmp_path: Path) -> None:
-    dep = make_deployment(tmp_path)  # 4 nodes; node0 at st-marys, the test account's site
-    full = dep.nodes[0]  # placement's first choice for the care-site copy
+    # 4 nodes at 4 sites; node0 is the only node at st-marys, the test account's site, so the
+    # care-site copy of everything stored is placed there first, whatever the hashing ranks
+    dep = make_deployment(tmp_path, sites=[TEST_SITE, "city-general", "rural-clinic", "lab-x"])
+    full = dep.nodes[0]
     full.stop()
     shutil.rmtree(full.data_dir)
     files = sorted(sample_dicom_dir().glob("*.dcm"))
