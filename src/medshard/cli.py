@@ -514,6 +514,23 @@ def bench_dicomweb(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("web")
+def bench_web(
+    as_json: JsonOpt = False,
+    runs: Annotated[int, typer.Option(help="Openings of the study, each cold then warm")] = 3,
+    slices: Annotated[int, typer.Option(help="Slices of the generated MR series")] = 196,
+    nodes: Annotated[int, typer.Option(help="Storage nodes")] = 4,
+) -> None:
+    """Viewer in headless chromium: time to the first image drawn and to every slice loaded."""
+    from medshard.bench.web import run_web_bench
+
+    try:
+        result = run_web_bench(slices=slices, runs=runs, nodes=nodes)
+    except MedshardError as exc:
+        raise _fail(str(exc)) from exc
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 @bench_app.command("records")
 def bench_records(
     as_json: JsonOpt = False,

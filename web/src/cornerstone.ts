@@ -4,6 +4,7 @@ import {
   Enums,
   RenderingEngine,
   cache,
+  eventTarget,
   init as coreInit,
   type Types,
 } from '@cornerstonejs/core';
@@ -17,6 +18,7 @@ import {
   ZoomTool,
   addTool,
   init as toolsInit,
+  utilities as toolUtilities,
 } from '@cornerstonejs/tools';
 import { accessToken, refresh } from './api';
 import type { Dataset } from './dicom';
@@ -52,6 +54,9 @@ export class StackViewer {
   readonly viewport: Types.IStackViewport;
   private readonly groupId: string;
   private primary: PrimaryTool = 'WindowLevel';
+  private untrack: (() => void) | null = null;
+  /** Called as the slices of the stack shown arrive in the image cache (or fail to). */
+  onProgress: ((loaded: number, failed: number, total: number) => void) | null = null;
 
   constructor(readonly element: HTMLDivElement) {
     initCornerstone();
@@ -111,9 +116,42 @@ export class StackViewer {
         imageIds.push(imageId);
       }
     }
+    this.track(imageIds);
     await this.viewport.setStack(imageIds, 0);
     this.viewport.render();
+    // every slice is fetched in the background, nearest the slice shown first, so scrolling
+    // through the stack never waits for the network
+    toolUtilities.stackPrefetch.enable(this.element);
     return imageIds;
+  }
+
+  /** Count the stack's slices as the image cache gets them, for `onProgress`. */
+  private track(imageIds: string[]): void {
+    this.untrack?.();
+    const wanted = new Set(imageIds);
+    const loaded = new Set(imageIds.filter((id) => cache.isLoaded(id)));
+    const failed = new Set<string>();
+    const report = () => this.onProgress?.(loaded.size, failed.size, imageIds.length);
+    const onLoaded = (e: Event) => {
+      const id = (e as CustomEvent<{ image?: { imageId?: string } }>).detail.image?.imageId;
+      if (!id || !wanted.has(id) || loaded.has(id)) return;
+      loaded.add(id);
+      failed.delete(id);
+      report();
+    };
+    const onFailed = (e: Event) => {
+      const id = (e as CustomEvent<{ imageId?: string }>).detail.imageId;
+      if (!id || !wanted.has(id) || loaded.has(id) || failed.has(id)) return;
+      failed.add(id);
+      report();
+    };
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+    eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, onFailed);
+    this.untrack = () => {
+      eventTarget.removeEventListener(Enums.Events.IMAGE_LOADED, onLoaded);
+      eventTarget.removeEventListener(Enums.Events.IMAGE_LOAD_FAILED, onFailed);
+    };
+    report();
   }
 
   resize(): void {
@@ -121,6 +159,12 @@ export class StackViewer {
   }
 
   destroy(): void {
+    this.untrack?.();
+    try {
+      toolUtilities.stackPrefetch.disable(this.element);
+    } catch {
+      /* no stack was ever shown */
+    }
     ToolGroupManager.destroyToolGroup(this.groupId);
     this.engine.destroy();
     cache.purgeCache();

@@ -402,8 +402,22 @@ export async function render(root: HTMLElement, [study]: string[]): Promise<Clea
   element.addEventListener(Enums.Events.STACK_NEW_IMAGE, updateOverlay);
   element.addEventListener(Enums.Events.VOI_MODIFIED, updateOverlay);
   element.addEventListener(Enums.Events.CAMERA_MODIFIED, updateOverlay);
+  // Load signals (for tests and `medshard bench web`), per series shown: data attributes on the
+  // stage, in ms since navigation start, and performance marks: the first image drawn on the
+  // canvas, then every slice of the stack loaded (data-slices-loaded/-failed/-total as they come)
+  v.onProgress = (loaded, failed, total) => {
+    stage.dataset.slicesLoaded = String(loaded);
+    stage.dataset.slicesFailed = String(failed);
+    stage.dataset.slicesTotal = String(total);
+    if (total && loaded === total && stage.dataset.allSlicesMs === undefined) {
+      stage.dataset.allSlicesMs = performance.mark('medshard:all-slices').startTime.toFixed(1);
+    }
+  };
   element.addEventListener(Enums.Events.IMAGE_RENDERED, () => {
     stage.dataset.renders = String(Number(stage.dataset.renders ?? 0) + 1);
+    if (stage.dataset.firstImageMs === undefined && vp.getImageIds().length && vp.getImageData()) {
+      stage.dataset.firstImageMs = performance.mark('medshard:first-image').startTime.toFixed(1);
+    }
     if (stage.dataset.ready !== 'true' && vp.getImageIds().length) {
       stage.dataset.ready = 'true';
       updateOverlay();
@@ -479,6 +493,8 @@ export async function render(root: HTMLElement, [study]: string[]): Promise<Clea
     for (const li of seriesList.querySelectorAll('button')) li.setAttribute('aria-pressed', String(li.dataset.series === s.uid));
     stage.dataset.ready = 'false';
     stage.dataset.series = s.uid;
+    delete stage.dataset.firstImageMs;
+    delete stage.dataset.allSlicesMs;
     replace(status, message(`Loading series ${s.number}…`));
     try {
       const base = `${location.origin}${DICOMWEB}/studies/${study}/series/${s.uid}`;
