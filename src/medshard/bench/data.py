@@ -69,6 +69,15 @@ def write_big_dicom(path: Path, size_mb: int) -> int:
     ds.PatientID = "BENCH-BIG"
     ds.PatientName = "Bench^Big"
     ds.Modality = "OT"
+    # a valid multi-frame image (validation refuses pixel data that does not fit the image):
+    # size_mb frames of 1024 x 1024 8-bit samples, one MiB each
+    ds.Rows = ds.Columns = 1024
+    ds.NumberOfFrames = size_mb
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
     ds.save_as(path, enforce_file_format=True)
     length = size_mb * 1024 * 1024
     block = np.random.default_rng(0).integers(0, 255, 4 * 1024 * 1024, dtype=np.uint8).tobytes()

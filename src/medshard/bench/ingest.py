@@ -8,6 +8,7 @@ ingesting generated instances with k=3, so the ratio to raw/k is measured side b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,18 +71,27 @@ def start_cluster(root: Path, nodes: int) -> tuple[Path, list[NodeProcess]]:
     return home, procs
 
 
-def peak_rss_of_import(home: Path, path: Path, token: str) -> tuple[float, float, int]:
-    """(peak RSS MB, seconds, exit code) of `medshard import` of one file, in a child process."""
+def peak_rss_of_import(
+    home: Path, path: Path, token: str
+) -> tuple[float, float, int, dict[str, Any]]:
+    """(peak RSS MB, seconds, exit code, import report) of `medshard import` of one file, in a
+    child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medshard", "import", str(path), "--home", str(home), "--json"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MEDSHARD_TOKEN": token},
-    )
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024, time.perf_counter() - start, proc.returncode
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medshard", "import", str(path), "--home", str(home), "--json"],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "MEDSHARD_TOKEN": token},
+        )
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        try:
+            report: dict[str, Any] = json.loads(out.read() or b"{}")
+        except ValueError:
+            report = {}
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, proc.returncode, report
 
 
 def run_ingest_bench(
@@ -147,11 +157,14 @@ def run_ingest_bench(
             if big_file_mb:
                 big = root / "big.dcm"
                 size = write_big_dicom(big, big_file_mb)
-                rss_mb, seconds, code = peak_rss_of_import(home, big, token)
+                rss_mb, seconds, code, report = peak_rss_of_import(home, big, token)
                 big.unlink()
+                rejected = report.get("rejected") or []
                 result["big_file"] = {
                     "size_mb": round(size / 2**20, 1),
                     "exit_code": code,
+                    "imported": bool(report.get("imported")),
+                    "rejected": rejected[0].get("reason", "") if rejected else "",
                     "seconds": round(seconds, 2),
                     "peak_rss_mb": round(rss_mb, 1),
                     "goal_peak_rss_mb": 300,
