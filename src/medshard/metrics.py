@@ -16,3 +16,11 @@ STORE_READ_BYTES = Counter("medshard_store_read_bytes_total", "Plaintext bytes r
 CORRUPT_REPLICAS = Counter("medshard_corrupt_replicas_total", "Replicas that failed hash checks")
 QUORUM_FAILURES = Counter("medshard_quorum_failures_total", "Chunk writes below the write quorum")
 NODE_STATE = Gauge("medshard_node_up", "1 if the storage node is alive", ["node", "site"])
+BACKGROUND_QUEUE = Gauge(
+    "medshard_background_queue_depth", "Work waiting in a background queue", ["queue"]
+)
+BACKGROUND_WORK = Counter(
+    "medshard_background_work_total",
+    "Background work done (copies made, moved, rebalanced, orphans removed...), by kind",
+    ["kind"],
+)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.conftest import Service
@@ -19,3 +21,9 @@ def test_service_reports_cluster_status_and_metrics(service: Service) -> None:
     metrics = httpx.get(f"{service.url}/metrics").text
     assert "medshard_ingest_total" in metrics
     assert 'medshard_node_up{node="node0"' in metrics or "medshard_node_up" in metrics
+    # background queues and work, as `medshard status` shows them (the monitor exports each tick)
+    deadline = time.monotonic() + 30
+    while 'medshard_background_queue_depth{queue="drain_copies"}' not in metrics:
+        assert time.monotonic() < deadline, metrics[-2000:]
+        time.sleep(0.5)
+        metrics = httpx.get(f"{service.url}/metrics").text

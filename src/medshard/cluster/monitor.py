@@ -84,6 +84,7 @@ class HealthMonitor:
         self.limiter = RateLimiter(archive.settings.rebalance_bytes_per_s)
         self.rebalancer = Rebalancer(archive)
         self._care_cursor = datetime.now(UTC)
+        self._exported: dict[str, int] = {}  # totals already added to /metrics
         self.totals: dict[str, int] = {
             "repair_runs": 0,
             "copies_made": 0,
@@ -143,6 +144,18 @@ class HealthMonitor:
                 self._repair(0, at_risk_first=at_risk)
         self._move()
         drain_deletions(self.archive)
+        self._export()
+
+    def _export(self) -> None:
+        """Queue depths and work done to /metrics (Prometheus takes the rates from the
+        counters), as `medshard status` shows them."""
+        for queue, depth in self.queues().items():
+            metrics.BACKGROUND_QUEUE.labels(queue).set(depth)
+        for kind, total in self.totals.items():
+            done = total - self._exported.get(kind, 0)
+            if done > 0:
+                metrics.BACKGROUND_WORK.labels(kind).inc(done)
+                self._exported[kind] = total
 
     def _reconcile(self, name: str) -> None:
         report = self.reconciler.run(self.archive.pool.get(name))
@@ -210,14 +223,17 @@ class HealthMonitor:
         for failure in balanced.failures[:3]:
             log.warning("rebalance: %s", failure)
 
+    def queues(self) -> dict[str, int]:
+        return {
+            "drain_copies": pending_drain(self.archive),
+            "orphan_candidates": len(self.reconciler.first_seen),
+        }
+
     def stats(self) -> dict[str, Any]:
         """Queue depths and totals, for `medshard status` and /api/status."""
         return {
             "totals": dict(self.totals),
-            "queues": {
-                "drain_copies": pending_drain(self.archive),
-                "orphan_candidates": len(self.reconciler.first_seen),
-            },
+            "queues": self.queues(),
             "rebalance": self.rebalancer.stats(),
             "scrub": vars(self.scrubber.stats).copy(),
             "backup": self.backups.stats(),

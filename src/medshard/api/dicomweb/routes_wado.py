@@ -89,7 +89,15 @@ async def _retrieve(
             )
         )
         return multipart_response([part(refs[0], data)], "application/dicom")
-    parts = (part(r, instance_body(archive, r, target)) for r in refs)
+    # The first instance's first chunk is read before the response starts: when no copy of it
+    # can be read, the client gets 503 with a reason, not 200 and a cut connection. (An
+    # instance further into a series can still only cut the stream short; it is logged.)
+    first = instance_body(archive, refs[0], target)
+    head = await run_in_threadpool(next, first, b"")
+    parts = itertools.chain(
+        [part(refs[0], itertools.chain([head], first))],
+        (part(r, instance_body(archive, r, target)) for r in refs[1:]),
+    )
     return multipart_response(parts, "application/dicom")
 
 
