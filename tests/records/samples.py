@@ -7,29 +7,12 @@ import json
 
 from PIL import Image
 
+from medshard.records.demo import pdf_report
+
 
 def pdf(text: str = "Discharge summary") -> bytes:
-    """A minimal one-page PDF with a correct cross-reference table."""
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 100] /Contents 4 0 R >>",
-    ]
-    stream = f"BT /F1 12 Tf 10 50 Td ({text}) Tj ET".encode()
-    objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    """A minimal one-page PDF with a correct cross-reference table (the demo's generator)."""
+    return pdf_report(text, [])
 
 
 def cda(patient_id: str = "PAT-A", note: str = "Blood pressure 120/80") -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,25 @@ def web_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebWorld]:
     w.svc.process.stop()
     for node in w.dep.nodes:
         node.stop()
+
+
+@pytest.fixture
+def new_page(browser: Any) -> Iterator[Callable[..., Any]]:
+    """Pages in fresh browser contexts (own sessionStorage), closed after the test."""
+    contexts: list[Any] = []
+
+    def make(viewport: dict[str, int] = LAPTOP, **kw: Any) -> Any:
+        context = browser.new_context(viewport=viewport, **kw)
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
 
 
 def login(page: Any, url: str, username: str, password: str = PASSWORD) -> None:

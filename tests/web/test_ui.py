@@ -9,7 +9,7 @@ sessions never leak from one test into the next.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 from tests.security.conftest import PASSWORD
 from tests.web.conftest import (
     CANVAS_STATS,
-    LAPTOP,
     PHONE,
     SLICES,
     WebWorld,
@@ -31,25 +30,6 @@ from tests.web.conftest import (
 pytestmark = pytest.mark.timeout(120)
 
 Page = Any
-
-
-@pytest.fixture
-def new_page(browser: Any) -> Iterator[Callable[..., Page]]:
-    """Pages in fresh browser contexts (own sessionStorage), closed after the test."""
-    contexts: list[Any] = []
-
-    def make(viewport: dict[str, int] = LAPTOP, **kw: Any) -> Page:
-        context = browser.new_context(viewport=viewport, **kw)
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        return page
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 def _rows(page: Page) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +23,11 @@ import pytest
 from medshard.analysis.package import models_dir
 from tests.records.samples import pdf
 from tests.security.conftest import stow
-from tests.web.conftest import LAPTOP, PHONE, WebWorld, login, screenshot
+from tests.web.conftest import PHONE, WebWorld, login, screenshot
 
 pytestmark = pytest.mark.timeout(180)
 
 Page = Any
-
-
-@pytest.fixture
-def new_page(browser: Any) -> Iterator[Callable[..., Page]]:
-    """Pages in fresh browser contexts (own sessionStorage), closed after the test."""
-    contexts: list[Any] = []
-
-    def make(viewport: dict[str, int] = LAPTOP, **kw: Any) -> Page:
-        context = browser.new_context(viewport=viewport, **kw)
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        return page
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 @pytest.fixture(scope="module")
