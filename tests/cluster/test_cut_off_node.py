@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from medshard.api.dicomweb.multipart import multipart_content_type, multipart_stream
 from medshard.catalog.db import Catalog
@@ -35,6 +36,19 @@ SETTINGS = {
     "node_timeout_s": 2.0,  # a request to the cut-off node hangs this long
     "scrub_bytes_per_s": 0,
 }
+
+
+def chunks_short_of_k(session: Session, k: int) -> list[int]:
+    """Chunks with fewer than ``k`` healthy copies on distinct nodes, as the catalog says."""
+    return list(
+        session.scalars(
+            select(Chunk.id)
+            .join(Replica, Replica.chunk_pk == Chunk.id)
+            .where(Replica.state == "ok")
+            .group_by(Chunk.id)
+            .having(func.count(func.distinct(Replica.node_pk)) < k)
+        )
+    )
 
 
 class Ingest(threading.Thread):
@@ -115,13 +129,7 @@ def test_a_node_cut_off_and_restored_loses_nothing_and_reconciles(tmp_path: Path
         # the catalog and the node agree, and every chunk has k copies on distinct nodes
         catalog = Catalog(dep.settings.database_url)
         with catalog.session() as session:
-            short = session.execute(
-                select(Chunk.id)
-                .join(Replica, Replica.chunk_pk == Chunk.id)
-                .where(Replica.state == "ok")
-                .group_by(Chunk.id)
-                .having(func.count(func.distinct(Replica.node_pk)) < dep.settings.replicas)
-            ).all()
+            short = chunks_short_of_k(session, dep.settings.replicas)
             on_victim = set(
                 session.scalars(
                     select(Chunk.chunk_id)

@@ -18,13 +18,11 @@ import contextlib
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
 
 from medshard.api.dicomweb.multipart import multipart_content_type, multipart_stream
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import Chunk, Replica
 from tests.cluster.netfaults import cut_off, loopback_addresses, require_iptables
-from tests.cluster.test_cut_off_node import AS_STORED, SETTINGS
+from tests.cluster.test_cut_off_node import AS_STORED, SETTINGS, chunks_short_of_k
 from tests.cluster.test_self_healing import status, wait_for
 from tests.conftest import TEST_SITE, make_deployment, start_service
 from tests.hostile import encode, image
@@ -99,13 +97,7 @@ def test_a_site_cut_off_from_the_region_keeps_serving_its_patients(tmp_path: Pat
 
         catalog = Catalog(dep.settings.database_url)
         with catalog.session() as session:
-            short = session.execute(
-                select(Chunk.id)
-                .join(Replica, Replica.chunk_pk == Chunk.id)
-                .where(Replica.state == "ok")
-                .group_by(Chunk.id)
-                .having(func.count(func.distinct(Replica.node_pk)) < dep.settings.replicas)
-            ).all()
+            short = chunks_short_of_k(session, dep.settings.replicas)
         catalog.dispose()
         assert not short
     finally:
