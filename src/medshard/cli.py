@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
 
 from medshard.config import load_settings, resolve_home
 from medshard.console import err, out, progress_bar
@@ -155,7 +154,7 @@ def get(
     token: TokenOpt = None,
 ) -> None:
     """Write one stored instance, byte-identical to what was imported (as the token's caller)."""
-    from medshard.catalog.models import Instance, Series, Study
+    from medshard.catalog.instances import study_of_instance
     from medshard.cluster.archive import Archive
     from medshard.security.context import acting_as
     from medshard.security.local import token_caller
@@ -165,12 +164,7 @@ def get(
         with Archive.open(home) as archive, _gate(archive) as gate:
             caller = token_caller(gate, token)
             with acting_as(caller), archive.catalog.session() as session:
-                row = session.execute(
-                    select(Study.study_instance_uid, Study.patient_pk)
-                    .join(Series, Series.study_pk == Study.id)
-                    .join(Instance, Instance.series_pk == Series.id)
-                    .where(Instance.sop_instance_uid == sop, visible_studies(caller.principal))
-                ).first()
+                row = study_of_instance(session, sop, visible_studies(caller.principal))
             if row is None:
                 raise NotFoundError(f"no instance with SOP Instance UID {sop}")
             gate.read(caller.principal, "export", patient_pk=row[1], study_uid=row[0], sop_uid=sop)
@@ -213,7 +207,7 @@ def export(
     token: TokenOpt = None,
 ) -> None:
     """Write every instance of a study as SERIES_UID/SOP_UID.dcm (as the token's caller)."""
-    from medshard.catalog.models import Instance, Series, StoredObject, Study
+    from medshard.catalog.instances import objects_of_study
     from medshard.cluster.archive import Archive
     from medshard.security.local import token_caller
     from medshard.security.policy import visible_studies
@@ -224,17 +218,7 @@ def export(
             found = gate.study_visible(caller.principal, study)
             gate.read(caller.principal, "export", patient_pk=found.patient_pk, study_uid=study)
             with archive.catalog.session() as session:
-                rows = session.execute(
-                    select(
-                        Series.series_instance_uid,
-                        Instance.sop_instance_uid,
-                        StoredObject.object_key,
-                    )
-                    .join(Instance, Instance.series_pk == Series.id)
-                    .join(StoredObject, Instance.object_pk == StoredObject.id)
-                    .join(Study, Series.study_pk == Study.id)
-                    .where(Study.study_instance_uid == study, visible_studies(caller.principal))
-                ).all()
+                rows = objects_of_study(session, study, visible_studies(caller.principal))
             if not rows:
                 raise _fail(f"no study with Study Instance UID {study}", 2)
             site = gate.site_of(caller.principal)
@@ -463,11 +447,16 @@ def bench_catalog(
     ] = "",
     threads: Annotated[int, typer.Option(help="Concurrent writers")] = 8,
     queries: Annotated[int, typer.Option(help="QIDO-RS searches per kind")] = 200,
+    prefill: Annotated[
+        int, typer.Option(help="Instances bulk-inserted between two record-path runs (scale)")
+    ] = 0,
 ) -> None:
     """Catalog ingest rate and QIDO-RS latency at scale (node I/O left out)."""
     from medshard.bench.catalog import run_catalog_bench
 
-    result = run_catalog_bench(instances=instances, db=db or None, threads=threads, queries=queries)
+    result = run_catalog_bench(
+        instances=instances, db=db or None, threads=threads, queries=queries, prefill=prefill
+    )
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
@@ -476,11 +465,14 @@ def bench_striping(
     as_json: JsonOpt = False,
     size_mb: Annotated[int, typer.Option("--size-mb", help="Object size")] = 1024,
     nodes: Annotated[int, typer.Option(help="Storage nodes of the striped cluster")] = 4,
+    link_mb_s: Annotated[
+        float, typer.Option("--link-mb-s", help="Each node's emulated link, MB/s (0: none)")
+    ] = 125.0,
 ) -> None:
     """Read rate of one large object striped over nodes vs held by one node."""
     from medshard.bench.striping import run_striping_bench
 
-    result = run_striping_bench(size_mb=size_mb, nodes=nodes)
+    result = run_striping_bench(size_mb=size_mb, nodes=nodes, link_mb_s=link_mb_s)
     print(json.dumps(result, indent=2 if not as_json else None))
 
 

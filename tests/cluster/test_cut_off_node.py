@@ -9,6 +9,7 @@ alive and reconciled, and every object must again have k healthy copies on disti
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from tests.hostile import encode, image
 
 BOUNDARY = "cut-off-boundary"
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: What a STOW-RS Warning says of an instance acknowledged at the write quorum, short of k.
+SHORT_ACK = re.compile(r"stored with \d+ of \d+ copies")
 SETTINGS = {
     "heartbeat_interval_s": 0.5,
     "suspect_after_s": 1.0,
@@ -59,6 +62,9 @@ class Ingest(threading.Thread):
         self.url, self.headers = url, headers
         self.acked: dict[str, tuple[str, bytes]] = {}  # SOP UID -> (study UID, bytes sent)
         self.acked_at: list[float] = []
+        #: SOP UIDs acknowledged with fewer than k copies (at the write quorum), as the
+        #: response's Warning said
+        self.short: list[str] = []
         self.refused = 0
         self.stop = threading.Event()
 
@@ -76,8 +82,11 @@ class Ingest(threading.Thread):
                     headers={"Content-Type": multipart_content_type(BOUNDARY)},
                 )
                 if r.status_code == 200 and "00081198" not in r.json():
-                    self.acked[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), data)
+                    sop = str(ds.SOPInstanceUID)
+                    self.acked[sop] = (str(ds.StudyInstanceUID), data)
                     self.acked_at.append(time.monotonic())
+                    if SHORT_ACK.search(r.headers.get("warning", "")):
+                        self.short.append(sop)
                 else:
                     self.refused += 1
 

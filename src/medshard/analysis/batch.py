@@ -24,14 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select
-
 from medshard.analysis.executors import Executor
 from medshard.analysis.findings import SKIPPED, record_outcome
 from medshard.analysis.package import package_identity
 from medshard.analysis.queue import NOT_ELIGIBLE, SR_CLASS_PREFIX
 from medshard.analysis.worker import Analyser
-from medshard.catalog.models import AnalysisJob, Finding, Instance, Patient, Series, Study
+from medshard.catalog.findings import unanalysed_instances
+from medshard.catalog.lookups import study_pk_of
 from medshard.cluster.archive import Archive
 from medshard.config import AnalysisRule
 from medshard.errors import InvalidInputError, NotFoundError
@@ -108,51 +107,28 @@ def plan(
         For a bad scope or an unknown study.
     """
     scope.validate(archive.settings.shards)
-    done = exists().where(
-        and_(
-            Finding.sop_instance_uid == Instance.sop_instance_uid,
-            Finding.model_sha256 == model_sha256,
-        )
-    )
-    refused = exists().where(
-        and_(
-            AnalysisJob.sop_instance_uid == Instance.sop_instance_uid,
-            AnalysisJob.model == model,
-            AnalysisJob.state == NOT_ELIGIBLE,
-        )
-    )
-    base = (
-        select(Patient.shard, Instance.sop_instance_uid)
-        .join(Series, Instance.series_pk == Series.id)
-        .join(Study, Series.study_pk == Study.id)
-        .join(Patient, Study.patient_pk == Patient.id)
-        .where(Instance.deleted.is_(False), ~Instance.sop_class_uid.startswith(SR_CLASS_PREFIX))
-    )
-    if rule is not None and rule.modalities:
-        base = base.where(func.upper(Series.modality).in_([m.upper() for m in rule.modalities]))
-    if scope.shard is not None:
-        base = base.where(Patient.shard == scope.shard)
-    if scope.study:
-        base = base.where(Study.study_instance_uid == scope.study)
     with archive.catalog.session() as session:
-        if scope.study:
-            known = session.scalar(select(Study.id).where(Study.study_instance_uid == scope.study))
-            if known is None:
-                raise NotFoundError(f"no study with Study Instance UID {scope.study}")
-        already = session.scalar(select(func.count()).select_from(base.where(done).subquery()))
-        rows = session.execute(
-            base.where(~done, ~refused).order_by(Patient.shard, Instance.id)
-        ).all()
+        if scope.study and study_pk_of(session, scope.study) is None:
+            raise NotFoundError(f"no study with Study Instance UID {scope.study}")
+        rows, already = unanalysed_instances(
+            session,
+            model=model,
+            model_sha256=model_sha256,
+            skip_sop_class_prefix=SR_CLASS_PREFIX,
+            modalities=rule.modalities if rule is not None else (),
+            shard=scope.shard,
+            study=scope.study,
+        )
     by_shard: dict[int, list[str]] = defaultdict(list)
     for shard, sop in rows:
-        by_shard[int(shard)].append(str(sop))
+        by_shard[shard].append(sop)
     home = str(archive.settings.home)
     tasks = [
         BatchTask(home, model, rule, shard, tuple(sops[i : i + chunk]))
         for shard, sops in sorted(by_shard.items())
         for i in range(0, len(sops), chunk)
     ]
-    return tasks, int(already or 0)
+    return tasks, already
 
 
 # -- inside the worker processes ----------------------------------------------------------

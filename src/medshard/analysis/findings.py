@@ -1,8 +1,8 @@
 """Findings in the catalog: recording a worker's outcome, and reading findings for the API.
 
 The tables themselves (``findings``, ``analysis_jobs``) live in :mod:`medshard.catalog.models`
-so Alembic sees one metadata. Everything here is plain SQLAlchemy with no torch, so the API
-can serve findings on a machine that never runs a model.
+so Alembic sees one metadata, and their statements in :mod:`medshard.catalog.findings`.
+Nothing here needs torch, so the API can serve findings on a machine that never runs a model.
 
 An outcome is recorded in one transaction: the finding (if any) and the job's final state
 commit together, so the API never shows a job "done" without its finding or the reverse.
@@ -17,14 +17,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medshard.analysis.package import read_card, resolve_model_dir
-from medshard.analysis.queue import DONE, FAILED, ClaimedJob, JobQueue, set_state
+from medshard.analysis.queue import DONE, FAILED, ClaimedJob, JobQueue
+from medshard.catalog import findings as rows
+from medshard.catalog.analysis_queue import set_state
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import AnalysisJob, Finding, Patient, Study, utcnow
+from medshard.catalog.models import AnalysisJob, Finding, utcnow
 from medshard.errors import AnalysisError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -82,37 +83,6 @@ class Outcome:
     model_sha256: str = ""
 
 
-def existing_findings(session: Session, sops: list[str], model_sha256: str) -> set[str]:
-    """Which of ``sops`` already have a finding by the weights with this hash."""
-    found: set[str] = set()
-    for start in range(0, len(sops), 500):
-        part = sops[start : start + 500]
-        found.update(
-            session.scalars(
-                select(Finding.sop_instance_uid).where(
-                    Finding.sop_instance_uid.in_(part), Finding.model_sha256 == model_sha256
-                )
-            )
-        )
-    return found
-
-
-#: Fields of a finding that the catalog row stores.
-_COLUMNS = frozenset(c.name for c in Finding.__table__.columns) - {"id"}
-
-
-def _add_finding(session: Session, record: FindingRecord) -> None:
-    """Insert unless a finding by the same weights exists (a retried or duplicated run)."""
-    exists_already = session.scalar(
-        select(Finding.id).where(
-            Finding.sop_instance_uid == record.sop_instance_uid,
-            Finding.model_sha256 == record.model_sha256,
-        )
-    )
-    if exists_already is None:
-        session.add(Finding(**{k: v for k, v in asdict(record).items() if k in _COLUMNS}))
-
-
 def record_outcome(
     catalog: Catalog,
     outcome: Outcome,
@@ -141,7 +111,7 @@ def record_outcome(
         try:
             with catalog.transaction() as session:
                 if outcome.finding is not None:
-                    _add_finding(session, outcome.finding)
+                    rows.add_finding(session, asdict(outcome.finding))
                 if job is not None and queue is not None:
                     queue.finish(
                         session,
@@ -187,25 +157,7 @@ def query(
     """
     if not (study or patient or sop):
         raise InvalidInputError("give at least one of study, patient or sop")
-    fq = select(Finding)
-    jq = select(AnalysisJob)
-    if study:
-        fq = fq.where(Finding.study_instance_uid == study)
-        jq = jq.where(AnalysisJob.study_instance_uid == study)
-    if sop:
-        fq = fq.where(Finding.sop_instance_uid == sop)
-        jq = jq.where(AnalysisJob.sop_instance_uid == sop)
-    if patient:
-        fq = fq.where(Finding.patient_id == patient)
-        studies = (
-            select(Study.study_instance_uid)
-            .join(Patient, Study.patient_pk == Patient.id)
-            .where(Patient.patient_id == patient)
-        )
-        jq = jq.where(AnalysisJob.study_instance_uid.in_(studies))
-    findings = list(session.scalars(fq.order_by(Finding.id)))
-    jobs = list(session.scalars(jq.order_by(AnalysisJob.id)))
-    return findings, jobs
+    return rows.findings_and_jobs(session, study=study, patient=patient, sop=sop)
 
 
 def _iso(value: datetime | None) -> str | None:

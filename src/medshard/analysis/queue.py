@@ -8,17 +8,11 @@ jobs by writing a lease: their owner token and an expiry. A worker that crashes 
 renewing nothing; once the lease expires the job is claimable again, up to ``max_attempts``
 claims, after which it is failed with the reason rather than retried for ever.
 
-Claiming is one short write transaction on either backend:
-
-* PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` picks rows no other claimer holds, then
-  one ``UPDATE`` leases them; concurrent workers never block on or double-claim a row.
-* SQLite: a single ``UPDATE ... WHERE id IN (SELECT ... LIMIT n)`` statement; SQLite runs
-  one writer at a time (with a busy timeout), and a single statement is atomic, so two
-  processes can never lease the same row.
-
-A job's result is recorded with a conditional update (``WHERE lease_owner = token``), so a
-worker whose lease was taken over cannot overwrite the newer owner's state. Times come from
-the workers' clocks (UTC), which are assumed to agree to well within a lease (NTP).
+Claiming is one short write transaction on either backend (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, one atomic ``UPDATE ... WHERE id IN (SELECT ...)`` on SQLite), and a result is
+written only while its lease holds; the statements are in :mod:`medshard.catalog.analysis_queue`.
+Times come from the workers' clocks (UTC), which are assumed to agree to well within a lease
+(NTP).
 """
 
 from __future__ import annotations
@@ -28,15 +22,21 @@ import os
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from medshard.catalog import analysis_queue as jobs
+from medshard.catalog.analysis_queue import DONE as DONE
+from medshard.catalog.analysis_queue import FAILED as FAILED
+from medshard.catalog.analysis_queue import NOT_ELIGIBLE as NOT_ELIGIBLE
+from medshard.catalog.analysis_queue import PENDING as PENDING
+from medshard.catalog.analysis_queue import RUNNING as RUNNING
+from medshard.catalog.analysis_queue import STATES as STATES
+from medshard.catalog.analysis_queue import ClaimedJob as ClaimedJob
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import AnalysisJob, Instance, utcnow
+from medshard.catalog.models import Instance, utcnow
 from medshard.config import AnalysisRule
 from medshard.ingest.dicom import InstanceFields
 
@@ -44,13 +44,6 @@ if TYPE_CHECKING:  # the pipeline imports this module lazily, from inside a call
     from medshard.ingest.pipeline import Ingestor
 
 log = logging.getLogger(__name__)
-
-PENDING = "pending"
-RUNNING = "running"
-DONE = "done"
-FAILED = "failed"
-NOT_ELIGIBLE = "not_eligible"
-STATES = (PENDING, RUNNING, DONE, FAILED, NOT_ELIGIBLE)
 
 #: SOP Class UIDs of every Structured Report family (PS3.4 B.5): never analysed as images.
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -62,18 +55,6 @@ DEFAULT_LEASE_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 3
 #: First retry delay after a transient failure; doubles with every attempt.
 DEFAULT_RETRY_DELAY_S = 5.0
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job leased to one worker; ``token`` proves the lease when the result is recorded."""
-
-    id: int
-    sop_instance_uid: str
-    study_instance_uid: str
-    model: str
-    attempts: int
-    token: str
 
 
 def worker_identity(name: str = "worker") -> str:
@@ -145,19 +126,14 @@ def enqueue(session: Session, fields: InstanceFields, rules: list[AnalysisRule])
         if verdict is None or rule.model in seen:
             continue
         seen.add(rule.model)
-        now = utcnow()
-        session.add(
-            AnalysisJob(
-                sop_instance_uid=fields.sop_instance_uid,
-                study_instance_uid=fields.study_instance_uid,
-                model=rule.model,
-                state=NOT_ELIGIBLE if verdict else PENDING,
-                error=verdict,
-                attempts=0,
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-            )
+        jobs.add_job(
+            session,
+            sop_instance_uid=fields.sop_instance_uid,
+            study_instance_uid=fields.study_instance_uid,
+            model=rule.model,
+            state=NOT_ELIGIBLE if verdict else PENDING,
+            error=verdict,
+            now=utcnow(),
         )
     return len(seen)
 
@@ -208,15 +184,10 @@ class JobQueue:
         self._claims = 0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _claimable(now: datetime) -> ColumnElement[bool]:
-        expired = and_(AnalysisJob.state == RUNNING, AnalysisJob.lease_expires_at < now)
-        return and_(or_(AnalysisJob.state == PENDING, expired), AnalysisJob.available_at <= now)
-
     def has_claimable(self) -> bool:
         """A read-only check, so idle workers polling the queue never take the write lock."""
         with self.catalog.session() as session:
-            return bool(session.scalar(select(exists().where(self._claimable(utcnow())))))
+            return jobs.has_claimable(session, utcnow())
 
     def claim(self, owner: str, limit: int = 8) -> list[ClaimedJob]:
         """Lease up to ``limit`` jobs, oldest first, to ``owner``.
@@ -230,60 +201,15 @@ class JobQueue:
         now = utcnow()
         expires = now + timedelta(seconds=self.lease_s)
         with self.catalog.transaction() as session:
-            session.execute(
-                update(AnalysisJob)
-                .where(
-                    AnalysisJob.state == RUNNING,
-                    AnalysisJob.lease_expires_at < now,
-                    AnalysisJob.attempts >= self.max_attempts,
-                )
-                .values(
-                    state=FAILED,
-                    error=(
-                        f"abandoned after {self.max_attempts} attempts: the worker holding "
-                        "it stopped before finishing (crashed, killed or timed out)"
-                    ),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+            jobs.fail_abandoned(session, now=now, max_attempts=self.max_attempts)
+            return jobs.lease_jobs(
+                session,
+                token=token,
+                now=now,
+                expires=expires,
+                limit=limit,
+                sqlite=self.catalog.is_sqlite,
             )
-            pick = (
-                select(AnalysisJob.id)
-                .where(self._claimable(now))
-                .order_by(AnalysisJob.id)
-                .limit(limit)
-            )
-            if self.catalog.is_sqlite:
-                target: ColumnElement[bool] = AnalysisJob.id.in_(pick.scalar_subquery())
-            else:
-                ids = list(session.scalars(pick.with_for_update(skip_locked=True)))
-                if not ids:
-                    return []
-                target = AnalysisJob.id.in_(ids)
-            session.execute(
-                update(AnalysisJob)
-                .where(target, self._claimable(now))
-                .values(
-                    state=RUNNING,
-                    lease_owner=token,
-                    lease_expires_at=expires,
-                    attempts=AnalysisJob.attempts + 1,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            rows = session.execute(
-                select(
-                    AnalysisJob.id,
-                    AnalysisJob.sop_instance_uid,
-                    AnalysisJob.study_instance_uid,
-                    AnalysisJob.model,
-                    AnalysisJob.attempts,
-                ).where(AnalysisJob.lease_owner == token)
-            ).all()
-        return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], token) for r in rows]
 
     def finish(
         self,
@@ -295,20 +221,7 @@ class JobQueue:
         model_sha256: str = "",
     ) -> bool:
         """Record a final state in the caller's transaction; False if the lease was lost."""
-        result = session.execute(
-            update(AnalysisJob)
-            .where(AnalysisJob.id == job.id, AnalysisJob.lease_owner == job.token)
-            .values(
-                state=state,
-                error=error[:1024],
-                model_sha256=model_sha256,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=utcnow(),
-            )
-            .execution_options(synchronize_session=False)
-        )
-        ok = bool(getattr(result, "rowcount", 0))
+        ok = jobs.finish_job(session, job, state, error=error, model_sha256=model_sha256)
         if not ok:
             log.warning("lease of analysis job %s was lost before it finished", job.id)
         return ok
@@ -326,67 +239,10 @@ class JobQueue:
             state = PENDING
             when = now + timedelta(seconds=self.retry_delay_s * 2 ** max(job.attempts - 1, 0))
         with self.catalog.transaction() as session:
-            session.execute(
-                update(AnalysisJob)
-                .where(AnalysisJob.id == job.id, AnalysisJob.lease_owner == job.token)
-                .values(
-                    state=state,
-                    error=error[:1024],
-                    available_at=when,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
+            jobs.release_job(session, job, state, error=error, available_at=when, now=now)
         return state
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (every state present, zero if none)."""
         with self.catalog.session() as session:
-            rows = session.execute(
-                select(AnalysisJob.state, func.count()).group_by(AnalysisJob.state)
-            ).all()
-        found = {str(s): int(n) for s, n in rows}
-        return {s: found.get(s, 0) for s in STATES}
-
-
-def set_state(
-    session: Session,
-    *,
-    sop_instance_uid: str,
-    study_instance_uid: str,
-    model: str,
-    state: str,
-    error: str = "",
-    model_sha256: str = "",
-) -> None:
-    """Create or overwrite the job row of (instance, model) without a lease.
-
-    Batch analysis uses it so that what it did is visible in the same table the API reads
-    and so that queue workers do not redo it. Flushes: the caller owns the transaction.
-    """
-    now = utcnow()
-    job = session.scalar(
-        select(AnalysisJob).where(
-            AnalysisJob.sop_instance_uid == sop_instance_uid, AnalysisJob.model == model
-        )
-    )
-    if job is None:
-        job = AnalysisJob(
-            sop_instance_uid=sop_instance_uid,
-            study_instance_uid=study_instance_uid,
-            model=model,
-            attempts=0,
-            available_at=now,
-            created_at=now,
-        )
-        session.add(job)
-    job.state = state
-    job.error = error[:1024]
-    job.model_sha256 = model_sha256
-    job.attempts = (job.attempts or 0) + 1
-    job.lease_owner = None
-    job.lease_expires_at = None
-    job.updated_at = now
-    session.flush()
+            return jobs.job_counts(session)

@@ -24,15 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from sqlalchemy import select
 
-from medshard.analysis.findings import (
-    SKIPPED,
-    FindingRecord,
-    Outcome,
-    existing_findings,
-    record_outcome,
-)
+from medshard.analysis.findings import SKIPPED, FindingRecord, Outcome, record_outcome
 from medshard.analysis.preprocess import prepare_dataset
 from medshard.analysis.queue import (
     DEFAULT_LEASE_S,
@@ -47,7 +40,9 @@ from medshard.analysis.queue import (
     worker_identity,
 )
 from medshard.analysis.sr import build_finding_sr, sr_bytes
-from medshard.catalog.models import Instance, Series, Site, Study
+from medshard.catalog.findings import findings_present
+from medshard.catalog.instances import studies_and_sites_of
+from medshard.catalog.lookups import instance_pk_of
 from medshard.cluster.archive import Archive
 from medshard.config import AnalysisRule
 from medshard.errors import AnalysisError, MedshardError, NotFoundError
@@ -150,14 +145,8 @@ class Analyser:
         except AnalysisError as exc:
             return [Outcome(s, FAILED, error=str(exc), transient=True) for s in sops]
         with self.archive.catalog.session() as session:
-            done = existing_findings(session, sops, loaded.sha256)
-            rows = session.execute(
-                select(Instance.sop_instance_uid, Study.study_instance_uid, Site.name)
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .outerjoin(Site, Instance.source_site_id == Site.id)
-                .where(Instance.sop_instance_uid.in_(sops))
-            ).all()
+            done = findings_present(session, sops, loaded.sha256)
+            rows = studies_and_sites_of(session, sops)
         studies = {str(sop): str(study) for sop, study, _site in rows}
         sites = {str(sop): str(site or "") for sop, _study, site in rows}
         results: dict[str, Outcome] = {
@@ -290,9 +279,7 @@ class Analyser:
 
     def _sr_stored(self, sop_instance_uid: str) -> bool:
         with self.archive.catalog.session() as session:
-            found = session.scalar(
-                select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
-            )
+            found = instance_pk_of(session, sop_instance_uid)
         return found is not None
 
     def _ingest_sr(self, sr: pydicom.Dataset) -> None:

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from medshard.api.dicomweb.qido import qido_search
 from medshard.api.dicomweb.query import parse_qido
+from medshard.bench import catalog_prefill
 from medshard.catalog.db import Catalog
 from medshard.cluster.archive import Archive
 from medshard.cluster.nodes import register_node
@@ -52,6 +53,14 @@ SERIES_PER_STUDY = 2
 STUDIES_PER_PATIENT = 2
 NODE_NAMES = ["node0", "node1", "node2"]
 CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
+PREFILL_SHAPE = catalog_prefill.Shape(
+    sites=SITES,
+    modalities=MODALITIES,
+    studies_per_patient=STUDIES_PER_PATIENT,
+    series_per_study=SERIES_PER_STUDY,
+    instances_per_series=INSTANCES_PER_SERIES,
+    sop_class_uid=str(CT_IMAGE),
+)
 
 
 class NodeIoLeftOut(ObjectStore):
@@ -72,24 +81,26 @@ class NodeIoLeftOut(ObjectStore):
         )
 
 
-def _instances(count: int, seed: int) -> Iterator[tuple[str, bytes]]:
-    """Small valid instances: patients of 2 studies x 2 series x 10 images, dated over 10 years."""
-    rng = random.Random(seed)
+def _generate_uid(rng: random.Random) -> str:
+    """A 2.25 UUID-style UID; not `secrets`, which is slow here."""
+    return f"2.25.{rng.getrandbits(122)}"
 
-    def generate_uid() -> str:  # a 2.25 UUID-style UID; not `secrets`, which is slow here
-        return f"2.25.{rng.getrandbits(122)}"
+
+def _instances(count: int, seed: int, first_patient: int = 1) -> Iterator[tuple[str, bytes]]:
+    """Small valid instances: patients of 2 studies x 2 series x 10 images, dated over 10 years."""
+    rng = random.Random(seed * 1_000_003 + first_patient)
 
     made = 0
-    patient_no = 0
+    patient_no = first_patient - 1
     while made < count:
         patient_no += 1
         patient = f"BENCH-{seed}-{patient_no:07d}"
         site = SITES[patient_no % len(SITES)]
         for _study in range(STUDIES_PER_PATIENT):
-            study_uid = generate_uid()
+            study_uid = _generate_uid(rng)
             date = f"{rng.randint(2016, 2025)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
             for _series in range(SERIES_PER_STUDY):
-                series_uid, modality = generate_uid(), rng.choice(MODALITIES)
+                series_uid, modality = _generate_uid(rng), rng.choice(MODALITIES)
                 for number in range(1, INSTANCES_PER_SERIES + 1):
                     if made >= count:
                         return
@@ -143,9 +154,21 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def run_catalog_bench(
-    *, instances: int, db: str | None = None, threads: int = 8, queries: int = 200, seed: int = 1
+    *,
+    instances: int,
+    db: str | None = None,
+    threads: int = 8,
+    queries: int = 200,
+    seed: int = 1,
+    prefill: int = 0,
 ) -> dict[str, Any]:
-    """Fill ``instances`` through the record path; measure ingest rate and QIDO-RS latency."""
+    """Fill ``instances`` through the record path; measure ingest rate and QIDO-RS latency.
+
+    With ``prefill``, side by side in one run: ``instances`` are recorded into the empty
+    catalog, ``prefill`` more are bulk-inserted (:mod:`.catalog_prefill`), then ``instances``
+    more are recorded on top; the two record-path rates are compared and the searches run
+    over the big catalog.
+    """
     with tempfile.TemporaryDirectory(prefix="medshard-bench-catalog-") as tmp:
         root = Path(tmp)
         with _scratch_database(db, root) as url:
@@ -161,75 +184,123 @@ def run_catalog_bench(
             archive = Archive(settings, probe=False)
             try:
                 archive.store = NodeIoLeftOut(archive.catalog, archive.pool, archive.keys, settings)
-                return _measure(archive, instances, threads, queries, seed)
+                return _measure(archive, instances, threads, queries, seed, prefill)
             finally:
                 archive.close()
 
 
+class _Recorder:
+    """Records generated instances through the real pipeline as five sites' PACS accounts."""
+
+    def __init__(self, archive: Archive, gate: Gate, threads: int) -> None:
+        with archive.catalog.transaction() as session:
+            for site in SITES:
+                add_user(session, username=f"pacs-{site}", role="service", sites=[site])
+        with archive.catalog.session() as session:
+            principals = {s: principal_of(session, get_user(session, f"pacs-{s}")) for s in SITES}
+        self.hooks = {site: gate.store_hook(p) for site, p in principals.items()}
+        self.ingestor = Ingestor(archive)
+        self.threads = threads
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def _one(self, item: tuple[str, bytes]) -> None:
+        site, data = item
+        site_id, hook = self.hooks[site]
+        outcome = self.ingestor.ingest_stream(
+            io.BytesIO(data), "bench", site_id=site_id, on_commit=hook
+        )
+        if outcome.status != "imported":
+            with self._lock:
+                self.failed += 1
+
+    def record(self, instances: int, seed: int, first_patient: int) -> dict[str, Any]:
+        """Rate over ``instances`` (generating the next batch is not timed), and by decile."""
+        elapsed, done = 0.0, 0
+        marks: list[tuple[int, float]] = []
+        generated = _instances(instances, seed, first_patient)
+        with ThreadPoolExecutor(self.threads) as pool:
+            while batch := list(itertools.islice(generated, max(1, instances // 10))):
+                began = time.perf_counter()
+                for _ in pool.map(self._one, batch):
+                    pass
+                elapsed += time.perf_counter() - began
+                done += len(batch)
+                marks.append((done, elapsed))
+        deciles = []
+        previous = (0, 0.0)
+        for count, at in marks:
+            deciles.append(round((count - previous[0]) / max(at - previous[1], 1e-9), 1))
+            previous = (count, at)
+        return {
+            "ingest_inst_per_s": round(instances / max(elapsed, 1e-9), 1),
+            "ingest_inst_per_s_by_decile": deciles,
+            "last_over_first_decile": round(deciles[-1] / deciles[0], 3) if deciles else None,
+        }
+
+
+def _patients_for(instances: int) -> int:
+    per_patient = INSTANCES_PER_SERIES * SERIES_PER_STUDY * STUDIES_PER_PATIENT
+    return -(-instances // per_patient)
+
+
 def _measure(
-    archive: Archive, instances: int, threads: int, queries: int, seed: int
+    archive: Archive, instances: int, threads: int, queries: int, seed: int, prefill: int
 ) -> dict[str, Any]:
     gate = Gate(archive)
     with archive.catalog.transaction() as session:
-        for site in SITES:
-            add_user(session, username=f"pacs-{site}", role="service", sites=[site])
         add_user(
             session, username="dr-bench", role="doctor", password=uuid.uuid4().hex, sites=[SITES[0]]
         )
     with archive.catalog.session() as session:
-        principals = {s: principal_of(session, get_user(session, f"pacs-{s}")) for s in SITES}
         doctor = principal_of(session, get_user(session, "dr-bench"))
-    hooks = {site: gate.store_hook(p) for site, p in principals.items()}
-    ingestor = Ingestor(archive)
-    done, failed = [0], [0]
-    marks: list[tuple[int, float]] = []
-    lock = threading.Lock()
-    elapsed = 0.0  # seconds spent ingesting (generating the next batch is not timed)
-
-    def one(item: tuple[str, bytes]) -> None:
-        site, data = item
-        site_id, hook = hooks[site]
-        outcome = ingestor.ingest_stream(io.BytesIO(data), "bench", site_id=site_id, on_commit=hook)
-        with lock:
-            if outcome.status != "imported":
-                failed[0] += 1
-            done[0] += 1
-
-    generated = _instances(instances, seed)
-    with ThreadPoolExecutor(threads) as pool:
-        while batch := list(itertools.islice(generated, max(1, instances // 10))):
-            began = time.perf_counter()
-            for _ in pool.map(one, batch):
-                pass
-            elapsed += time.perf_counter() - began
-            marks.append((done[0], elapsed))
-    gate.close()
-    deciles = []
-    previous = (0, 0.0)
-    for count, at in marks:
-        deciles.append(round((count - previous[0]) / max(at - previous[1], 1e-9), 1))
-        previous = (count, at)
-    return {
+    recorder = _Recorder(archive, gate, threads)
+    result: dict[str, Any] = {
         "benchmark": "catalog",
         "database": archive.catalog.engine.dialect.name,
         "instances": instances,
-        "failed": failed[0],
         "threads": threads,
-        "ingest_inst_per_s": round(instances / elapsed, 1),
-        "ingest_inst_per_s_by_decile": deciles,
-        "last_over_first_decile": round(deciles[-1] / deciles[0], 3) if deciles else None,
-        "qido": _qido(archive, Caller(doctor, Gate(archive)), instances, queries, seed),
-        "what": "record path only (node PUTs skipped); QIDO-RS study searches as a doctor of "
-        "one of five sites, through the function the route calls (no HTTP)",
+        **recorder.record(instances, seed, first_patient=1),
     }
+    patients = _patients_for(instances)
+    total = instances
+    if prefill:
+        began = time.perf_counter()
+        patients += catalog_prefill.prefill(
+            archive, PREFILL_SHAPE, instances=prefill, seed=seed, first_patient=patients + 1,
+            uid=_generate_uid,
+        )  # fmt: skip
+        at_scale = recorder.record(instances, seed, first_patient=patients + 1)
+        patients += _patients_for(instances)
+        total += prefill + instances
+        result["at_scale"] = {
+            "catalog_instances": total,
+            "prefill_seconds": round(time.perf_counter() - began, 1),
+            **at_scale,
+            "over_empty_catalog": round(
+                at_scale["ingest_inst_per_s"] / result["ingest_inst_per_s"], 3
+            ),
+        }
+    gate.close()
+    result["failed"] = recorder.failed
+    result["qido"] = _qido(archive, Caller(doctor, Gate(archive)), patients, queries, seed)
+    result["qido_catalog_instances"] = total
+    result["what"] = (
+        "record path only (node PUTs skipped); QIDO-RS study searches as a doctor of one of five "
+        "sites, through the function the route calls (no HTTP)"
+        + (
+            "; at_scale: the same record path over a catalog bulk-prefilled to that size"
+            if prefill
+            else ""
+        )
+    )
+    return result
 
 
 def _qido(
-    archive: Archive, caller: Caller, instances: int, queries: int, seed: int
+    archive: Archive, caller: Caller, patients: int, queries: int, seed: int
 ) -> dict[str, Any]:
     rng = random.Random(seed + 1)
-    per_patient = INSTANCES_PER_SERIES * SERIES_PER_STUDY * STUDIES_PER_PATIENT
-    patients = max(1, instances // per_patient)
     kinds = {
         "by_patient_id": lambda: {"PatientID": f"BENCH-{seed}-{rng.randint(1, patients):07d}"},
         "by_date_range": lambda: {

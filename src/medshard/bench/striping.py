@@ -4,6 +4,10 @@ Both layouts run in one go on this machine, through the archive's own read path 
 verify, decrypt, hash), as the service reads: first a cluster of ``nodes`` nodes with k=3,
 each chunk on its own replica set and read with read-ahead; then one node holding every
 chunk (k=1). The ratio of the two read rates is the figure.
+
+Each pair runs twice: over bare loopback, where every node shares this machine's page cache
+and the reader's CPU is the limit, and with every node behind a link of ``link_mb_s``
+(:mod:`.link`, a hospital node's uplink), where one node's link is the limit, as in a region.
 """
 
 from __future__ import annotations
@@ -11,16 +15,23 @@ from __future__ import annotations
 import io
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from medshard.bench.ingest import start_cluster
+from medshard.catalog.db import Catalog
 from medshard.catalog.lookups import object_key_of
 from medshard.catalog.writes import PatientValues
 from medshard.cluster.archive import Archive
+from medshard.cluster.nodes import register_node
 from medshard.config import load_settings
+from medshard.node.launcher import NodeProcess, free_port
 
 MiB = 1 << 20
 
@@ -68,25 +79,65 @@ def _read_rate(home: Path, size: int, replicas: int, runs: int) -> dict[str, Any
     }
 
 
-def run_striping_bench(*, size_mb: int = 1024, nodes: int = 4, runs: int = 3) -> dict[str, Any]:
+@contextmanager
+def _links(home: Path, procs: list[NodeProcess], mb_s: float) -> Iterator[None]:
+    """Every node reached through its own link of ``mb_s`` (none when 0)."""
+    if not mb_s:
+        yield
+        return
+    ports = [free_port() for _ in procs]
+    specs = [f"{port}=127.0.0.1:{proc.port}" for port, proc in zip(ports, procs, strict=True)]
+    link = subprocess.Popen(
+        [sys.executable, "-m", "medshard.bench.link", "--mb-s", str(mb_s), *specs],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert link.stdout is not None and link.stdout.readline().strip() == "ready"
+        catalog = Catalog(load_settings(home).database_url)
+        for port, proc in zip(ports, procs, strict=True):
+            register_node(
+                catalog, name=proc.name, url=f"http://127.0.0.1:{port}", site=proc.site,
+                capacity_bytes=0,
+            )  # fmt: skip
+        catalog.dispose()
+        yield
+    finally:
+        link.terminate()
+        link.wait(10)
+
+
+def _pair(root: Path, size: int, nodes: int, runs: int, link_mb_s: float) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for label, count, replicas in (("striped", nodes, 3), ("one_node", 1, 1)):
+        home, procs = start_cluster(root / label, count)
+        try:
+            with _links(home, procs, link_mb_s):
+                results[label] = {"nodes": count, **_read_rate(home, size, replicas, runs)}
+        finally:
+            for proc in procs:
+                proc.stop()
+    results["ratio_striped_to_one_node"] = round(
+        results["striped"]["mb_s"] / results["one_node"]["mb_s"], 2
+    )
+    return results
+
+
+def run_striping_bench(
+    *, size_mb: int = 1024, nodes: int = 4, runs: int = 3, link_mb_s: float = 125.0
+) -> dict[str, Any]:
     size = size_mb * MiB
     with tempfile.TemporaryDirectory(prefix="medshard-bench-stripe-", dir=os.getcwd()) as tmp:
-        results = {}
-        for label, count, replicas in (("striped", nodes, 3), ("one_node", 1, 1)):
-            root = Path(tmp) / label
-            home, procs = start_cluster(root, count)
-            try:
-                results[label] = {"nodes": count, **_read_rate(home, size, replicas, runs)}
-            finally:
-                for proc in procs:
-                    proc.stop()
+        loopback = _pair(Path(tmp) / "loopback", size, nodes, runs, 0)
+        linked = _pair(Path(tmp) / "links", size, nodes, runs, link_mb_s) if link_mb_s else None
     return {
         "benchmark": "striping",
         "object_mb": size_mb,
         "machine": {"cpus": os.cpu_count()},
-        **results,
-        "ratio_striped_to_one_node": round(
-            results["striped"]["mb_s"] / results["one_node"]["mb_s"], 2
-        ),
+        "loopback": loopback,
+        **({"links": {"link_mb_s": link_mb_s, **linked}} if linked else {}),
         "goal_ratio": 2.0,
+        "what": "read of one object through the archive's read path (fetch, verify, decrypt); "
+        "loopback: nodes share this machine's page cache and CPU; links: each node behind its "
+        "own link of link_mb_s (medshard.bench.link), as nodes at hospitals are",
     }

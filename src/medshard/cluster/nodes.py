@@ -85,6 +85,14 @@ class NodeHandle:
     full: bool = False
     #: Bytes the node can still take, as its last health said (None: not known yet).
     free_bytes: int | None = None
+    #: Reads this process has in flight to the node: readers spread a striped object's
+    #: chunks over its replicas by it (see ObjectStore.ordered_replicas).
+    reads_in_flight: int = 0
+    _reads_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reading(self, delta: int) -> None:
+        with self._reads_lock:
+            self.reads_in_flight += delta
 
     def view(self) -> NodeView:
         c = self.coordinate

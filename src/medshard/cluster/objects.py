@@ -139,6 +139,7 @@ class ObjectStore:
             min_reliability=settings.min_reliability, near_slack_ms=settings.near_slack_ms
         )
         self._patient_keys: dict[tuple[str, bytes], bytes] = {}
+        self._choosing = threading.Lock()
         path = settings.master_key_path
         self._key_stamp = path.stat().st_mtime_ns if path.exists() else 0
 
@@ -433,12 +434,17 @@ class ObjectStore:
         return b"".join(self.read(object_key, near_site=near_site))
 
     def ordered_replicas(self, chunk: Chunk, near_site: str | None = None) -> list[Replica]:
-        """Healthy replicas on available nodes first, nearest first.
+        """Healthy replicas on available nodes first, nearest first, the least busy of the
+        equally near leading.
 
         Nearest to ``near_site`` (a requesting site) by the placement's distance model
         (a node at the site, else coordinates, else map location) when given; otherwise, and
         between replicas equally near the site, nearest to this process by the latency it
-        measured, falling back to the RTT its Vivaldi coordinate predicts.
+        measured, falling back to the RTT its Vivaldi coordinate predicts. Among healthy
+        replicas as near as the nearest (by site distance, else by coordinate RTT), the one
+        whose node serves fewest of this process's reads goes first: so the chunks of a
+        striped object read ahead come from several nodes at once, not all from whichever
+        answered fastest before.
         """
         here = self.pool.coordinate
         sites = self.pool.site_views
@@ -455,15 +461,50 @@ class ObjectStore:
             near = site_distance(near_site, handle.view(), sites) if near_site else measured
             return (0 if healthy else 1, near, measured)
 
-        return sorted(chunk.replicas, key=rank)
+        ranks = {replica.id: rank(replica) for replica in chunk.replicas}
+        ordered = sorted(chunk.replicas, key=lambda r: ranks[r.id])
+        if len(ordered) < 2 or ranks[ordered[0].id][0] != 0:
+            return ordered
+        # equally near: by network distance (the site's, else the coordinates' RTT), not by
+        # the measured latency, which mixes request sizes and goes stale for unread nodes
+        distance = {r.id: self._distance(r, near_site) for r in ordered if ranks[r.id][0] == 0}
+        best, slack = min(distance.values()), self.settings.near_slack_ms
+        # coordinates predict RTTs of a few ms within tens of percent: within twice the best
+        # is as near (a node across the region is 10x further, one at another site 3-5x)
+        limit = best + slack if near_site else max(2 * best, best + slack)
+        equally_near = [r for r in ordered if distance.get(r.id, limit + 1) <= limit]
+        least_busy = min(equally_near, key=self._reads_in_flight)  # the nearest among ties
+        ordered.remove(least_busy)
+        return [least_busy, *ordered]
+
+    def _distance(self, replica: Replica, near_site: str | None) -> float:
+        handle = self.pool.by_pk(replica.node_pk)
+        if handle is None:
+            return 1e9
+        if near_site:
+            return site_distance(near_site, handle.view(), self.pool.site_views)
+        return self.pool.coordinate.rtt_to(handle.coordinate)
+
+    def _reads_in_flight(self, replica: Replica) -> int:
+        handle = self.pool.by_pk(replica.node_pk)
+        return handle.reads_in_flight if handle is not None else 0
 
     def fetch_verified(self, chunk: Chunk, near_site: str | None = None) -> bytes:
         errors: list[str] = []
-        for replica in self.ordered_replicas(chunk, near_site):
+        with self._choosing:  # choose and count the read at once: concurrent readers see it
+            ordered = self.ordered_replicas(chunk, near_site)
+            reserved = self.pool.by_pk(ordered[0].node_pk) if ordered else None
+            if reserved is not None:
+                reserved.reading(+1)
+        for replica in ordered:
             handle = self.pool.by_pk(replica.node_pk)
             if handle is None:
                 continue
             start = time.perf_counter()
+            if handle is reserved:
+                reserved = None
+            else:
+                handle.reading(+1)
             try:
                 data = handle.client.get(chunk.chunk_id)
             except MedshardError as exc:
@@ -473,6 +514,8 @@ class ObjectStore:
                     self.pool.mark_failed(handle.name)
                 errors.append(f"{handle.name}: {exc}")
                 continue
+            finally:
+                handle.reading(-1)
             handle.observe_latency(time.perf_counter() - start)
             actual = chunk_id_of(data)
             if actual != chunk.chunk_id:

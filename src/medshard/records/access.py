@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, exists, false, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from medshard.catalog.access_models import BreakGlass, CareTeamDoctor
+from medshard.catalog.lookups import patient_meets, patient_pk_of
 from medshard.catalog.models import CareSite, Patient, utcnow
 from medshard.errors import AccessDeniedError, NotFoundError
 from medshard.security.gate import Gate, _involve
@@ -84,10 +85,8 @@ def visible(principal: Principal, patient: PatientCol, site: SiteCol) -> ColumnE
 def reach_patient(gate: Gate, principal: Principal, patient_id: str, action: str) -> int:
     """The pk of a patient the caller may reach; 404 (audited as denied) otherwise."""
     with gate.catalog.session() as session:
-        pk = session.scalar(select(Patient.id).where(Patient.patient_id == patient_id))
-        allowed = pk is not None and bool(
-            session.scalar(select(in_reach(principal, Patient.id)).where(Patient.id == pk))
-        )
+        pk = patient_pk_of(session, patient_id)
+        allowed = pk is not None and patient_meets(session, pk, in_reach(principal, Patient.id))
     if pk is None or not allowed:
         if pk is not None:
             gate.denied(principal, action, patient_pk=pk, patient_id=patient_id)
@@ -108,7 +107,7 @@ def check_store(gate: Gate, principal: Principal, patient_id: str, action: str) 
         gate.denied(principal, action, detail=str(exc))
         raise
     with gate.catalog.session() as session:
-        pk = session.scalar(select(Patient.id).where(Patient.patient_id == patient_id))
+        pk = patient_pk_of(session, patient_id)
     if pk is not None:
         reach_patient(gate, principal, patient_id, action)
     return principal.home_site

@@ -13,10 +13,11 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from medshard.catalog import records as rows
+from medshard.catalog.record_reads import version_object_pk
 from medshard.catalog.records import DocFields, DocRow
 from medshard.catalog.records_models import Document, DocumentVersion
 from medshard.catalog.writes import PatientValues
@@ -136,9 +137,7 @@ def update(
     if content is None:  # metadata only: the new version points at the same object
         media = current.content_type
         with gate.catalog.transaction() as session:
-            obj: int | None = session.scalar(
-                _version_object(doc_pk_owner[0], current.latest_version)
-            )
+            obj = version_object_pk(session, doc_pk_owner[0], current.latest_version)
             assert obj is not None
             version = link(session, doc_pk_owner[1], obj)
         return version_of(doc_uid, version, audit=False)
@@ -161,12 +160,6 @@ def _defaults(fields: DocFields, current: DocRow) -> DocFields:
         author=fields.author or current.author,
         date=fields.date or current.date,
         filename=fields.filename or current.filename,
-    )
-
-
-def _version_object(doc_pk: int, version: int) -> Select[int]:
-    return select(DocumentVersion.object_pk).where(
-        DocumentVersion.document_pk == doc_pk, DocumentVersion.version == version
     )
 
 

@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from medshard.catalog import record_reads as reads
 from medshard.catalog import records as rows
-from medshard.catalog.models import StoredObject
 from medshard.catalog.records_models import SensorBatch, SensorSegment
 from medshard.catalog.writes import PatientValues
 from medshard.errors import InvalidInputError, NotFoundError, UnsupportedContentError
@@ -150,15 +149,19 @@ def ingest(
     }
 
 
-def _segments(patient_pk: int, *where: Any) -> list[tuple[SensorSegment, str, str]]:
+def _segments(patient_pk: int, *where: Any) -> list[reads.SegmentRow]:
     caller = require_caller()
     condition = access.visible(
         caller.principal, SensorSegment.patient_pk, SensorSegment.source_site_id
     )
-    query = rows.segment_query(SensorSegment.patient_pk == patient_pk, condition, *where)
     with caller.gate.catalog.session() as session:
-        found = session.execute(query.order_by(SensorSegment.batch_pk, SensorSegment.day)).all()
-    return [(seg, key, pid) for seg, key, pid in found]
+        return reads.segments(
+            session,
+            SensorSegment.patient_pk == patient_pk,
+            condition,
+            *where,
+            order_by=(SensorSegment.batch_pk, SensorSegment.day),
+        )
 
 
 def overview(patient_id: str) -> dict[str, Any]:
@@ -185,17 +188,7 @@ def overview(patient_id: str) -> dict[str, Any]:
         s["segments"] += 1
     condition = access.visible(caller.principal, SensorBatch.patient_pk, SensorBatch.source_site_id)
     with caller.gate.catalog.session() as session:
-        batches = session.execute(
-            select(
-                SensorBatch.batch_uid,
-                SensorBatch.device,
-                SensorBatch.created_at,
-                SensorBatch.complete,
-                SensorBatch.report,
-            )
-            .where(SensorBatch.patient_pk == pk, condition)
-            .order_by(SensorBatch.id)
-        ).all()
+        batches = reads.batches_of(session, pk, condition)
     caller.gate.read(caller.principal, "series-list", patient_pk=pk, patient_id=patient_id)
     for s in signals.values():
         s["start"], s["end"] = s["start"].isoformat(), s["end"].isoformat()
@@ -291,11 +284,7 @@ def raw_batch(patient_id: str, batch_uid: str) -> tuple[str, Iterator[bytes]]:
     pk = access.reach_patient(caller.gate, caller.principal, patient_id, "series-raw")
     condition = access.visible(caller.principal, SensorBatch.patient_pk, SensorBatch.source_site_id)
     with caller.gate.catalog.session() as session:
-        row = session.execute(
-            select(StoredObject.object_key, SensorBatch.raw_content_type)
-            .join(SensorBatch, SensorBatch.raw_object_pk == StoredObject.id)
-            .where(SensorBatch.batch_uid == batch_uid, SensorBatch.patient_pk == pk, condition)
-        ).first()
+        row = reads.raw_batch_of(session, batch_uid, pk, condition)
     if row is None:
         raise NotFoundError(f"no batch {batch_uid} for patient {patient_id!r}")
     caller.gate.read(

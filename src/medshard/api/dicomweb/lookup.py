@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from medshard.api.errors import NotAcceptableError
-from medshard.catalog.models import Instance, Series, StoredObject, Study
+from medshard.catalog.instances import instances_of_study
 from medshard.cluster.archive import Archive
 from medshard.errors import NotFoundError
 from medshard.security.context import require_caller
@@ -58,39 +56,15 @@ def find_instances(
     NotFoundError
         Nothing matches: the UIDs are unknown, or do not belong together.
     """
-    query = (
-        select(
-            Study.study_instance_uid,
-            Series.series_instance_uid,
-            Instance.sop_instance_uid,
-            Instance.sop_class_uid,
-            Instance.transfer_syntax_uid,
-            StoredObject.object_key,
-            StoredObject.size,
-            Instance.id,
-            Study.patient_pk,
-            Instance.rows,
-        )
-        .select_from(Instance)
-        .join(Series, Instance.series_pk == Series.id)
-        .join(Study, Series.study_pk == Study.id)
-        .join(StoredObject, Instance.object_pk == StoredObject.id)
-        .where(Study.study_instance_uid == study, Instance.deleted.is_(False))
-        .order_by(
-            Series.series_number,
-            Series.series_instance_uid,
-            Instance.instance_number,
-            Instance.sop_instance_uid,
-        )
-    )
-    if series is not None:
-        query = query.where(Series.series_instance_uid == series)
-    if sop is not None:
-        query = query.where(Instance.sop_instance_uid == sop)
     caller = require_caller()  # fails closed: nobody authenticated, nothing read
-    query = query.where(visible_studies(caller.principal))
     with archive.catalog.session() as session:
-        rows = session.execute(query).all()
+        rows = instances_of_study(
+            session,
+            study,
+            series_uid=series,
+            sop_uid=sop,
+            visible=visible_studies(caller.principal),
+        )
     if not rows:  # missing and forbidden answer alike; a forbidden one is audited as denied
         caller.gate.not_visible(caller.principal, action, study_uid=study)
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"

@@ -32,10 +32,9 @@ from pydicom.uid import (
 )
 from pynetdicom import association as _association
 from pynetdicom.presentation import PresentationContext, build_context
-from sqlalchemy import select
 
 from medshard.api.dimse.query import Query
-from medshard.catalog.models import Instance, StoredObject
+from medshard.catalog.instances import live_object_keys
 from medshard.catalog.search import search
 from medshard.cluster.archive import Archive
 from medshard.errors import InvalidDicomError
@@ -50,7 +49,6 @@ _UNCOMPRESSED_FALLBACK: Final = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 _LONG_VRS: Final = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
-_IN_BATCH: Final = 500  # SQL IN-list size
 _WORD_SIZE: Final = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 
 
@@ -74,16 +72,7 @@ def find_matches(archive: Archive, query: Query, action: str = "retrieve") -> li
             session, "IMAGE", query.conditions, fields=fields, scope=scope_of(caller.principal)
         )
         audit_results(caller, action, rows, detail="DIMSE retrieve")
-        pks = [r["_instance_pk"] for r in rows]
-        keys: dict[int, str] = {}
-        for start in range(0, len(pks), _IN_BATCH):
-            batch = pks[start : start + _IN_BATCH]
-            found = session.execute(
-                select(Instance.id, StoredObject.object_key)
-                .join(StoredObject, Instance.object_pk == StoredObject.id)
-                .where(Instance.id.in_(batch), Instance.deleted.is_(False))
-            ).all()
-            keys.update({pk: key for pk, key in found})
+        keys = live_object_keys(session, [r["_instance_pk"] for r in rows])
     return [
         Match(
             sop_instance_uid=str(r["SOPInstanceUID"]),

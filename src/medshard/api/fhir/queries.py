@@ -6,11 +6,10 @@ Patient that ``_include`` added. A read by id that finds nothing the caller may 
 404, audited as denied when the thing exists.
 
 Measured over 10^5 documents (``medshard bench records``), a search costs what its page
-costs, not what its matches cost: the page's keys come from the indexes alone, its rows are
-then read by key with plain column selects; the total is counted only when the page does not
-already show it (a short page is the last one); and the resources are built as dicts, of
-which one per type and page is checked against the ``fhir.resources`` models (validating
-every one was two thirds of a search's time; the tests validate every resource returned).
+costs, not what its matches cost (how, is in :mod:`medshard.catalog.fhir_queries`); and the
+resources are built as dicts, of which one per type and page is checked against the
+``fhir.resources`` models (validating every one was two thirds of a search's time; the tests
+validate every resource returned).
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, func, not_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, not_, or_
 from starlette.datastructures import QueryParams
 
 from medshard.api.fhir import resources as res
@@ -35,8 +33,9 @@ from medshard.api.fhir.search import (
     searchset,
     sort_keys,
 )
-from medshard.catalog import records as rows
-from medshard.catalog.models import Instance, Patient, Series, Study
+from medshard.catalog import fhir_queries as fq
+from medshard.catalog import record_reads as reads
+from medshard.catalog.models import Patient, Series, Study
 from medshard.catalog.records_models import Document, SensorSegment
 from medshard.errors import InvalidInputError, NotFoundError
 from medshard.ingest import series_codec
@@ -57,28 +56,10 @@ def _audit(caller: Caller, kind: str, shown: dict[int, str]) -> None:
         )
 
 
-Query = Select[*tuple[Any, ...]]
-
-
-def _window(
-    db: Session | Connection, query: Query, params: QueryParams, counted: Query
-) -> tuple[Sequence[Any], int | None]:
-    """The rows of the page asked for, and the total.
-
-    A page shorter than ``_count`` (and not past the end) is the last one, so the total is
-    known without counting; otherwise ``counted`` counts, unless ``_total=none``.
-    """
+def _page(params: QueryParams) -> fq.Page:
+    """The page a search asks for (``_count``, ``_offset``), and whether to count its total."""
     count, offset = paging(params)
-    got = db.execute(query.limit(count).offset(offset)).all() if count else []
-    if count and len(got) < count and (got or offset == 0):
-        return got, offset + len(got)
-    if params.get("_total") == "none":
-        return got, None
-    return got, int(db.scalar(counted) or 0)
-
-
-def _counted(query: Query) -> Query:
-    return select(func.count()).select_from(query.order_by(None).subquery())
+    return fq.Page(count, offset, total=params.get("_total") != "none")
 
 
 def _order(
@@ -94,10 +75,7 @@ def _order(
 
 def _patient_filter(params: QueryParams, column: Any) -> list[ColumnElement[bool]]:
     """``patient``/``subject`` on a patient pk column (a subquery, so no join is needed)."""
-    return [
-        column.in_(select(Patient.id).where(Patient.patient_id.in_(refs)))
-        for refs in patient_refs(params)
-    ]
+    return [fq.patient_pk_in(column, refs) for refs in patient_refs(params)]
 
 
 def _dates(params: QueryParams, start: Any, end: Any) -> list[ColumnElement[bool]]:
@@ -109,15 +87,7 @@ def _included(caller: Caller, accepted: Accepted, shown: dict[int, str]) -> list
     if not accepted.include_patient or not shown:
         return []
     with caller.gate.catalog.session() as session:
-        found = session.scalars(
-            select(Patient)
-            .where(
-                Patient.id.in_(sorted(shown)),
-                _patient_visible(caller),
-                Patient.wrapped_key.is_not(None),
-            )
-            .order_by(Patient.patient_id)
-        ).all()
+        found = fq.patients_by_pk(session, sorted(shown), _patient_visible(caller))
     kept = [p for p in found if res.FHIR_ID.match(p.patient_id)]
     for p in kept:
         caller.gate.read(
@@ -172,13 +142,10 @@ def search_patients(accepted: Accepted) -> Found:
         if system and system != res.PATIENT_ID_SYSTEM:
             where.append(Patient.id.is_(None))  # no other identifier system is kept
         where.append(Patient.patient_id == value)
-    query = (
-        select(Patient).where(*where).order_by(*_order(params, "_id", _PATIENT_SORT, Patient.id))
-    )
-    counted = select(func.count()).select_from(Patient).where(*where)
+    order = _order(params, "_id", _PATIENT_SORT, Patient.id)
     with caller.gate.catalog.session() as session:
-        page, total = _window(session, query, params, counted)
-    found = [p for (p,) in page if res.FHIR_ID.match(p.patient_id)]
+        page, total = fq.patients_page(session, where, order, _page(params))
+    found = [p for p in page if res.FHIR_ID.match(p.patient_id)]
     _audit(caller, "Patient", {p.id: p.patient_id for p in found})
     return Found([res.patient(p) for p in found], total)
 
@@ -186,9 +153,7 @@ def search_patients(accepted: Accepted) -> Found:
 def read_patient(patient_id: str) -> dict[str, Any]:
     caller = require_caller()
     with caller.gate.catalog.session() as session:
-        found = session.scalar(
-            select(Patient).where(Patient.patient_id == patient_id, _patient_visible(caller))
-        )
+        found = fq.visible_patient(session, patient_id, _patient_visible(caller))
     if found is None:
         access.reach_patient(caller.gate, caller.principal, patient_id, "fhir-read")  # 404
         raise NotFoundError(f"no Patient/{patient_id}")
@@ -201,8 +166,6 @@ def read_patient(patient_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------- DocumentReference
 
 
-#: A page's documents by their public ids (one statement, built once).
-_PAGE_ROWS = rows.doc_query(Document.doc_uid.in_(bindparam("uids", expanding=True)))
 _DOC_SORT = {
     "date": Document.doc_date,
     "_lastUpdated": Document.updated_at,
@@ -217,20 +180,9 @@ def search_documents(accepted: Accepted) -> Found:
     where += _dates(params, Document.doc_date, Document.doc_date)
     for value in params.getlist("type"):
         where.append(Document.doc_type.in_([t.rpartition("|")[2] for t in value.split(",")]))
-    # the page's keys from the indexes (documents only), then its rows by key
-    keys = (
-        select(Document.doc_uid)
-        .where(*where)
-        .order_by(*_order(params, "-date", _DOC_SORT, Document.id))
-    )
-    counted = select(func.count()).select_from(Document).where(*where)
+    order = _order(params, "-date", _DOC_SORT, Document.id)
     with caller.gate.catalog.session() as session:
-        conn = session.connection()  # Core: these selects are of columns, not ORM rows
-        page, total = _window(conn, keys, params, counted)
-        uids = [uid for (uid,) in page]
-        got = rows.doc_rows(conn, _PAGE_ROWS, {"uids": uids}) if uids else []
-    position = {uid: i for i, uid in enumerate(uids)}
-    found = sorted(got, key=lambda r: position[r.doc_uid])
+        found, total = fq.documents_page(session, where, order, _page(params))
     shown = {r.patient_pk: r.patient_id for r in found}
     included = _included(caller, accepted, shown)
     _audit(caller, "DocumentReference", shown)
@@ -287,28 +239,15 @@ def _studies(
 ) -> tuple[list[dict[str, Any]], int | None, dict[int, str]]:
     caller = require_caller()
     params = accepted.params if accepted is not None else QueryParams()
-    query = (
-        select(Study, Patient.patient_id)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(visible_studies(caller.principal), *where)
-        .order_by(*_order(params, "-date", _STUDY_SORT, Study.id))
-    )
+    where = [visible_studies(caller.principal), *where]
+    order = _order(params, "-date", _STUDY_SORT, Study.id)
+    page = _page(params) if accepted is not None else None
     with caller.gate.catalog.session() as session:
-        total: int | None = 0
-        if accepted is not None:
-            found, total = _window(session, query, params, _counted(query))
-        else:
-            found = session.execute(query).all()
-        counts = session.execute(
-            select(Series, func.count(Instance.id))
-            .join(Instance, Instance.series_pk == Series.id)
-            .where(Series.study_pk.in_([s.id for s, _pid in found]), Instance.deleted.is_(False))
-            .group_by(Series.id)
-            .order_by(Series.series_number, Series.id)
-        ).all()
+        found, total = fq.studies_page(session, where, order, page)
+        counts = fq.series_with_counts(session, [s.id for s, _pid in found])
     by_study: dict[int, list[tuple[Series, int]]] = {}
     for series, n in counts:
-        by_study.setdefault(series.study_pk, []).append((series, int(n)))
+        by_study.setdefault(series.study_pk, []).append((series, n))
     out = [res.imaging_study(s, pid, by_study.get(s.id, []), base) for s, pid in found]
     return out, total, {s.patient_pk: pid for s, pid in found}
 
@@ -378,11 +317,9 @@ def search_observations(accepted: Accepted) -> Found:
     where = [_segment_visible(caller), *_patient_filter(params, SensorSegment.patient_pk)]
     where += _dates(params, SensorSegment.start_at, SensorSegment.end_at)
     where += _code_filter(params)
-    query = rows.segment_query(*where).order_by(
-        *_order(params, "-date", _OBS_SORT, SensorSegment.id)
-    )
+    order = _order(params, "-date", _OBS_SORT, SensorSegment.id)
     with caller.gate.catalog.session() as session:
-        found, total = _window(session, query, params, _counted(query))
+        found, total = fq.segments_page(session, where, order, _page(params))
     shown = {seg.patient_pk: pid for seg, _k, pid in found}
     included = _included(caller, accepted, shown)
     _audit(caller, "Observation", shown)
@@ -391,12 +328,10 @@ def search_observations(accepted: Accepted) -> Found:
 
 def read_observation(uid: str) -> dict[str, Any]:
     caller = require_caller()
-    query = rows.segment_query(SensorSegment.segment_uid == uid, _segment_visible(caller))
+    visible = _segment_visible(caller)
     with caller.gate.catalog.session() as session:
-        found = session.execute(query).all()
-        owner = session.scalar(
-            select(SensorSegment.patient_pk).where(SensorSegment.segment_uid == uid)
-        )
+        found = reads.segments(session, SensorSegment.segment_uid == uid, visible)
+        owner = reads.segment_owner(session, uid)
     if not found:
         if owner is not None:
             caller.gate.denied(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from medshard.api.auth import CallerDep
 from medshard.api.dicomweb.path_uids import valid_path_uids
+from medshard.catalog.lookups import patient_named
 from medshard.security import careteam, erasure, identity
 from medshard.security.audit import events, patient_tag, verify
 
@@ -131,11 +132,7 @@ def my_audit(caller: CallerDep, limit: int = Query(500, ge=1, le=5000)) -> dict[
     gate.require_role(p, {"patient"}, "read a patient's own access log")
     assert p.patient_id is not None
     with gate.catalog.session() as session:
-        from sqlalchemy import select
-
-        from medshard.catalog.models import Patient
-
-        patient = session.scalar(select(Patient).where(Patient.patient_id == p.patient_id))
+        patient = patient_named(session, p.patient_id)
         if patient is None or patient.wrapped_key is None:
             return {"patient_id": p.patient_id, "events": []}
         tag = patient_tag(gate.archive.store.patient_key(patient))

@@ -22,14 +22,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from medshard.analysis.findings import finding_json, job_json, query
 from medshard.analysis.package import models_dir, read_card, resolve_model_dir, shipped_models
 from medshard.analysis.queue import FAILED, PENDING, RUNNING
 from medshard.api.deps import ArchiveDep
 from medshard.api.dicomweb.path_uids import valid_path_uids
-from medshard.catalog.models import AnalysisJob, Finding, Study
+from medshard.catalog.findings import findings_of_studies, job_states_of_studies
+from medshard.catalog.lookups import visible_study_patients
+from medshard.catalog.models import Finding
 from medshard.errors import AnalysisError, NotFoundError
 from medshard.ingest.uids import check_uid
 from medshard.security.context import require_caller
@@ -53,11 +54,7 @@ def list_findings(
     with archive.catalog.session() as session:
         findings, jobs = query(session, study=study, patient=patient, sop=sop)
         uids = {f.study_instance_uid for f in findings} | {j.study_instance_uid for j in jobs}
-        rows = session.execute(
-            select(Study.study_instance_uid, Study.patient_pk).where(
-                Study.study_instance_uid.in_(sorted(uids)), visible_studies(caller.principal)
-            )
-        ).all()
+        rows = visible_study_patients(session, sorted(uids), visible_studies(caller.principal))
         visible = {uid for uid, _pk in rows}
         audit_results(
             caller,
@@ -111,22 +108,10 @@ def findings_summary(body: StudyList, archive: ArchiveDep) -> dict[str, Any]:
     for uid in uids:
         check_uid(uid, "study UID")
     with archive.catalog.session() as session:
-        rows = session.execute(
-            select(Study.study_instance_uid, Study.patient_pk).where(
-                Study.study_instance_uid.in_(uids), visible_studies(caller.principal)
-            )
-        ).all()
+        rows = visible_study_patients(session, uids, visible_studies(caller.principal))
         visible = sorted(uid for uid, _pk in rows)
-        by_study: dict[str, list[Finding]] = {}
-        for f in session.scalars(select(Finding).where(Finding.study_instance_uid.in_(visible))):
-            by_study.setdefault(f.study_instance_uid, []).append(f)
-        states: dict[str, set[str]] = {}
-        for uid, state in session.execute(
-            select(AnalysisJob.study_instance_uid, AnalysisJob.state).where(
-                AnalysisJob.study_instance_uid.in_(visible)
-            )
-        ):
-            states.setdefault(uid, set()).add(state)
+        by_study = findings_of_studies(session, visible)
+        states = job_states_of_studies(session, visible)
     audit_results(
         caller,
         "findings",
