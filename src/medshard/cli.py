@@ -273,6 +273,13 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         f"{shards['used']}/{shards['total']} (objects per shard {shards['min_objects']}-"
         f"{shards['max_objects']}); under-replicated objects {report['under_replicated']}"
     )
+    comp = report["compaction"]
+    out.print(
+        f"compaction: {comp['pending_volumes']} volume(s) waiting, {comp['nodes_compacting']} "
+        f"node(s) compacting; {_size(comp['reclaimable_bytes'])} reclaimable of "
+        f"{_size(comp['dead_bytes'])} dead; {comp['volumes_compacted']} volume(s) compacted, "
+        f"{_size(comp['bytes_reclaimed'])} reclaimed since the nodes started"
+    )
     backup = report["backup"]
     if backup["last_backup_at"]:
         out.print(

@@ -2,7 +2,8 @@
 
 ``medshard site add|list`` and ``medshard node add|drain|undrain|remove|weight|list`` change the
 topology in the catalog as the host operator (see :mod:`medshard.security.local`), each change
-audited; ``medshard node --name N --site S --port P --data D`` still runs a storage node.
+audited; ``medshard node --name N --site S --port P --data D`` still runs a storage node, and
+``medshard node compact`` has nodes reclaim the space of deleted chunks now.
 Data moves in the background (the service's monitor); ``node drain --wait`` and
 ``node rebalance --wait`` (after nodes are added or re-weighted) move it here.
 """
@@ -22,7 +23,7 @@ from medshard.errors import MedshardError
 
 site_app = typer.Typer(help="Sites: hospitals, labs, rural health centres", no_args_is_help=True)
 node_app = typer.Typer(
-    help="Storage nodes: run one (--name ...), or add|drain|remove|weight|list",
+    help="Storage nodes: run one (--name ...), or add|drain|remove|weight|compact|list",
     invoke_without_command=True,
 )
 
@@ -225,6 +226,40 @@ def node_rebalance(
         print(f"rebalanced: {report.moved} copies moved")
     else:
         print(f"{report.moved} copies misplaced; the service moves them (or use --wait)")
+
+
+@node_app.command("compact")
+def node_compact(
+    names: Annotated[list[str] | None, typer.Argument(help="Nodes (default: every node)")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Compact volumes this share (0-1) reclaimable; default: the node's"),
+    ] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Have nodes compact their volumes now, in the background at their own rate limit
+    (`medshard status` shows the volumes still waiting and the space reclaimed)."""
+    with _operator(home) as caller:
+        pool = caller.gate.archive.pool
+        try:
+            handles = [pool.get(n) for n in names] if names else list(pool.nodes.values())
+        except MedshardError as exc:
+            raise _fail(str(exc)) from exc
+        started: dict[str, Any] = {}
+        for handle in handles:
+            try:
+                started[handle.name] = handle.client.compact(threshold)["pending_volumes"]
+            except MedshardError as exc:
+                started[handle.name] = f"not started: {exc}"
+        with caller.gate.catalog.transaction() as session:
+            _record(caller, session, "node-compact", " ".join(started))
+    if as_json:
+        print(json.dumps({"pending_volumes": started}))
+        return
+    for name, pending in started.items():
+        what = f"compacting ({pending} volumes due)" if isinstance(pending, int) else pending
+        print(f"node {name}: {what}")
 
 
 @node_app.command("undrain")

@@ -27,3 +27,6 @@ def test_service_reports_cluster_status_and_metrics(service: Service) -> None:
         assert time.monotonic() < deadline, metrics[-2000:]
         time.sleep(0.5)
         metrics = httpx.get(f"{service.url}/metrics").text
+    # the nodes' volume compaction, as one more queue (volumes waiting, summed over nodes)
+    assert 'medshard_background_queue_depth{queue="compaction"}' in metrics
+    assert "compaction" in status["background"]["queues"]

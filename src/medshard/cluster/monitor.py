@@ -15,6 +15,8 @@ catalog), then, each bounded in time or bytes:
 - repair, drain, migration and rebalancing share one byte budget,
   ``rebalance_bytes_per_s`` (repair first: lost redundancy before balance);
 - send queued chunk DELETEs;
+- report the nodes' own volume compaction (:mod:`medshard.cluster.compaction`): volumes
+  waiting as the queue ``compaction``, volumes compacted and bytes reclaimed as work done;
 - **back up** the catalog, settings and master key to the nodes, encrypted, every
   ``backup_interval_s`` and soon after a node joins, leaves or changes availability
   (:mod:`medshard.cluster.metadata_backup`; the backup runs on its own thread).
@@ -33,6 +35,7 @@ from sqlalchemy import func, select
 from medshard import metrics
 from medshard.catalog.models import CareSite, Patient, Replica
 from medshard.cluster.archive import Archive
+from medshard.cluster.compaction import CompactionTotals, compaction_summary
 from medshard.cluster.deletions import drain_deletions
 from medshard.cluster.health import NodeState
 from medshard.cluster.metadata_backup import BackupScheduler
@@ -96,7 +99,10 @@ class HealthMonitor:
             "moved": 0,
             "migrated_patients": 0,
             "rebalanced": 0,
+            "volumes_compacted": 0,
+            "bytes_reclaimed": 0,
         }
+        self._compaction = CompactionTotals()
         archive.monitor = self
 
     def start(self) -> HealthMonitor:
@@ -115,6 +121,7 @@ class HealthMonitor:
         before = {n: (h.state, h.reachable) for n, h in pool.nodes.items()}
         pool.measure_peers()  # node-to-node RTTs; saved with the probe's results below
         nodes = pool.probe()
+        self._compaction.add_to(self.totals, nodes.values())
         died = changed = False
         for name, handle in nodes.items():
             metrics.NODE_STATE.labels(name, handle.site).set(1 if handle.available else 0)
@@ -227,6 +234,7 @@ class HealthMonitor:
         return {
             "drain_copies": pending_drain(self.archive),
             "orphan_candidates": len(self.reconciler.first_seen),
+            "compaction": compaction_summary(self.archive.pool.nodes.values())["pending_volumes"],
         }
 
     def stats(self) -> dict[str, Any]:

@@ -1,32 +1,9 @@
 """The byte-rate limit every kind of background copying shares (repair, drain, migration,
-rebalancing), so that client I/O keeps its latency."""
+rebalancing), so that client I/O keeps its latency. The limiter itself lives in the storage
+layer, where storage nodes use it too (volume compaction)."""
 
 from __future__ import annotations
 
-import threading
-import time
+from medshard.storage.ratelimit import RateLimiter
 
-
-class RateLimiter:
-    """A token bucket in bytes: ``take(n)`` sleeps as long as ``n`` bytes must wait.
-
-    A rate of 0 (or less) means unlimited. One limiter may be shared by several threads.
-    """
-
-    def __init__(self, bytes_per_s: float) -> None:
-        self.rate = float(bytes_per_s)
-        self.allowance = self.rate
-        self.stamp = time.monotonic()
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> None:
-        if self.rate <= 0:
-            return
-        with self._lock:
-            now = time.monotonic()
-            self.allowance = min(self.rate, self.allowance + (now - self.stamp) * self.rate)
-            self.stamp = now
-            self.allowance -= n
-            wait = -self.allowance / self.rate if self.allowance < 0 else 0.0
-        if wait > 0:
-            time.sleep(wait)
+__all__ = ["RateLimiter"]

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from medshard.catalog.models import Instance, Patient, Replica, StoredObject
 from medshard.cluster.archive import Archive
+from medshard.cluster.compaction import compaction_summary, node_compaction
 from medshard.cluster.metadata_backup import backup_status
 from medshard.cluster.repair import under_replicated_objects
 from medshard.cluster.vivaldi import relative_error
@@ -53,6 +54,7 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
                 "used_bytes": handle.used_bytes,
                 "capacity_bytes": handle.capacity_bytes,
                 "chunks": handle.chunks,
+                "compaction": node_compaction(handle.health),
                 "replicas_in_catalog": replica_counts.get(handle.pk, 0),
                 "last_seen": handle.last_seen.isoformat() if handle.last_seen else None,
                 "admin_state": handle.admin_state,
@@ -80,6 +82,7 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
             "max_rtt_error": round(max(errors), 4) if errors else None,
         },
         "background": archive.monitor.stats() if archive.monitor is not None else None,
+        "compaction": compaction_summary(pool.nodes.values()),
         "backup": backup_status(archive.settings),
         "replication": {
             "replicas": archive.settings.replicas,

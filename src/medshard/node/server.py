@@ -11,7 +11,10 @@ shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request sign
     GET    /chunks/{id}/verify   200 the node re-hashed its copy and it is intact, 409 it
                           is not (scrubbing: only the verdict crosses the network), 404
     GET    /chunks        {"chunks": [...]} for reconciliation and repair
-    GET    /health        name, site, capacity, usage, load, uptime
+    GET    /health        name, site, capacity, usage, load, uptime; dead and reclaimable
+                          bytes and compaction progress (see medshard/node/compaction.py)
+    POST   /compact[?threshold=F]   202: compact now, in the background, every sealed volume
+                          whose reclaimable share is at least F (default: the node's setting)
     GET    /rtt?peer=N&url=U   {"rtt_ms": ...} to peer node N at U (Vivaldi coordinates)
     PUT    /meta/{name}   a named metadata blob (the service's encrypted backups, see
                           medshard/node/metablobs.py); the body's SHA-256 comes in the signed
@@ -63,6 +66,12 @@ from medshard.errors import (
     NodeUnavailableError,
     NotFoundError,
     StorageError,
+)
+from medshard.node.compaction import (
+    DEFAULT_BYTES_PER_S,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_THRESHOLD,
+    Compactor,
 )
 from medshard.node.metablobs import MAX_BLOB_BYTES, MetaBlobStore
 from medshard.node.volume import DEFAULT_VOLUME_BYTES, MAX_CHUNK_BYTES, VolumeStore, check_chunk_id
@@ -118,14 +127,25 @@ class NodeApp:
         Shared node secret; only the signing key derived from it is kept.
     io_threads
         Threads for store calls; more concurrent writers means bigger group commits.
+    compactor
+        Compacts the store in the background (the caller starts and stops it); by default
+        one with default settings, which ``POST /compact`` alone sets to work.
     """
 
     def __init__(
-        self, store: VolumeStore, *, name: str, site: str, secret: str, io_threads: int = 64
+        self,
+        store: VolumeStore,
+        *,
+        name: str,
+        site: str,
+        secret: str,
+        io_threads: int = 64,
+        compactor: Compactor | None = None,
     ) -> None:
         if not secret:
             raise InvalidInputError("the node secret must not be empty")
         self.store = store
+        self.compactor = compactor or Compactor(store)
         self.meta = MetaBlobStore(store.root)
         self.name = name
         self.site = site
@@ -169,6 +189,11 @@ class NodeApp:
         self._authenticate(method, path, scope, headers)
         if path == "/health" and method == "GET":
             await _send_json(send, 200, await self._io(self._health))
+        elif path == "/compact" and method == "POST":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            threshold = _fraction(query.get("threshold", [""])[0])
+            self.compactor.trigger(threshold)
+            await _send_json(send, 202, await self._io(self.compactor.stats))
         elif path == "/rtt" and method == "GET":
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             peer, url = query.get("peer", [""])[0], query.get("url", [""])[0]
@@ -299,6 +324,7 @@ class NodeApp:
 
     def _health(self) -> dict[str, Any]:
         disk = os.statvfs(self.store.root)
+        compaction = self.compactor.stats()
         return {
             "name": self.name,
             "site": self.site,
@@ -306,6 +332,9 @@ class NodeApp:
             "used_bytes": self.store.used_bytes,
             "free_disk_bytes": disk.f_bavail * disk.f_frsize,
             "chunks": self.store.chunk_count,
+            "dead_bytes": compaction.pop("dead_bytes"),
+            "reclaimable_bytes": compaction.pop("reclaimable_bytes"),
+            "compaction": compaction,
             "load": {
                 "requests_in_flight": self.requests_in_flight,
                 "puts_total": self.puts_total,
@@ -317,6 +346,19 @@ class NodeApp:
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+def _fraction(text: str) -> float | None:
+    """A query's share between 0 and 1 (None if absent); 400 otherwise."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise _HTTPError(400, f"threshold must be a number from 0 to 1, not {text!r}")
+    return value
 
 
 async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes | None:
@@ -383,12 +425,21 @@ def run_node(
     capacity_bytes: int = 0,
     host: str = "127.0.0.1",
     volume_bytes: int = DEFAULT_VOLUME_BYTES,
+    compact_threshold: float = DEFAULT_THRESHOLD,
+    compact_bytes_per_s: float = DEFAULT_BYTES_PER_S,
+    compact_interval_s: float = DEFAULT_INTERVAL_S,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then let pending writes finish and close the store."""
     store = VolumeStore(
         Path(data_dir), name=name, capacity_bytes=capacity_bytes, volume_bytes=volume_bytes
     )
-    app = NodeApp(store, name=name, site=site, secret=secret)
+    compactor = Compactor(
+        store,
+        threshold=compact_threshold,
+        bytes_per_s=compact_bytes_per_s,
+        interval_s=compact_interval_s,
+    ).start()
+    app = NodeApp(store, name=name, site=site, secret=secret, compactor=compactor)
     config = uvicorn.Config(
         app,
         host=host,
@@ -409,6 +460,7 @@ def run_node(
     try:
         uvicorn.Server(config).run()
     finally:
+        compactor.stop()
         app.shutdown()
         store.close()
         log.info("node %s stopped", name)
@@ -424,6 +476,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--capacity-gb", type=float, default=0.0, help="GB (10^9) of chunks; 0 = disk")
     p.add_argument("--capacity-bytes", type=int, default=None, help="exact; overrides -gb")
     p.add_argument("--volume-bytes", type=int, default=DEFAULT_VOLUME_BYTES, help="roll-over size")
+    p.add_argument(
+        "--compact-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"compact a sealed volume once this share is reclaimable ({DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--compact-bytes-per-s",
+        type=float,
+        default=DEFAULT_BYTES_PER_S,
+        help=f"compaction copy rate limit, 0 = unlimited ({DEFAULT_BYTES_PER_S})",
+    )
+    p.add_argument(
+        "--compact-interval-s",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
+        help=f"seconds between compaction passes ({DEFAULT_INTERVAL_S:g})",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -451,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
             capacity_bytes=capacity,
             host=args.host,
             volume_bytes=args.volume_bytes,
+            compact_threshold=args.compact_threshold,
+            compact_bytes_per_s=args.compact_bytes_per_s,
+            compact_interval_s=args.compact_interval_s,
         )
     except MedshardError as e:
         log.error("node %s cannot start: %s", args.name, e)

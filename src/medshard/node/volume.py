@@ -25,7 +25,23 @@ Reads are not verified here: readers hash what they get (the id *is* the hash), 
 catches bit rot that happened after the write. A PUT of an id already present does re-check the
 stored copy, so re-sending a chunk repairs a rotten replica.
 
-Space of deleted chunks is not reclaimed yet (no compaction); ``used_bytes`` counts live bytes.
+Compaction
+----------
+Deletes and overwrites leave dead records behind. Each volume keeps count of its live bytes
+(``size - live`` is dead: overwritten and deleted chunks, tombstones, torn records), and
+:meth:`VolumeStore.compact` rewrites a *sealed* volume (never the one being appended to) with
+only what must stay: the live PUT records, and the tombstones that still shadow a PUT of the
+same id in an older volume (a tombstone can go once no older volume holds such a PUT). The new
+file is written beside the old one as ``vol-NNNNNNNN.compact``, fsync'd, then renamed over it,
+so the volume keeps its number and hence its place in the scan order: a record copied while
+its chunk is deleted or re-put is shadowed by the newer record exactly as before, and no lock
+on the chunk is needed. A crash before the rename leaves the old volume (and a stray
+``.compact`` file, removed at the next open); after it, the new one; either scans to the same
+live chunks. The index entries switch to the new file under the store lock; readers pin the
+volume they read from, so the old file descriptor is closed (and the space freed) only once
+the last of them is done. :mod:`medshard.node.compaction` decides when, and limits the rate.
+
+``used_bytes`` counts live chunk bytes; :meth:`VolumeStore.volume_usage` reports dead bytes.
 """
 
 from __future__ import annotations
@@ -39,9 +55,10 @@ import os
 import re
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medshard.errors import (
@@ -64,6 +81,7 @@ MAX_CHUNK_BYTES = 64 * 1024 * 1024  # far above the 4 MiB + tag the chunker make
 DEFAULT_VOLUME_BYTES = 1 << 30
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _VOLUME_RE = re.compile(r"vol-(\d{8})\.dat")
+_COMPACT_SUFFIX = ".compact"  # a volume being rewritten; not a volume until renamed over it
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -101,12 +119,18 @@ def _parse_header(raw: bytes) -> _Header | None:
     return _Header(kind, digest.hex(), length, data_crc)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Volume:
     number: int
     path: Path
     fd: int
     size: int
+    live: int = 0  # bytes (headers included) of the PUT records the index points at
+    dead_puts: set[str] = field(default_factory=set)  # ids of PUT records no longer live
+    tombstones: set[str] = field(default_factory=set)  # ids with a tombstone record here
+    pending: int = 0  # PUT records written here, not yet durable and indexed
+    pins: int = 0  # readers using fd; a retired volume's fd is closed when the last one goes
+    retired: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,49 @@ class _Loc:
     volume: _Volume
     offset: int  # of the data, not the header
     length: int
+
+
+@dataclass(frozen=True)
+class VolumeUsage:
+    """Space accounting of one volume file, for compaction and ``/health``."""
+
+    number: int
+    size: int
+    #: Bytes (headers included) of live PUT records.
+    live_bytes: int
+    #: ``size - live_bytes``: overwritten and deleted chunks, tombstones, torn records.
+    dead_bytes: int
+    #: What compaction would free: dead bytes less the tombstones that must stay.
+    reclaimable_bytes: int
+    #: False only for the volume being appended to, which is never compacted.
+    sealed: bool
+
+    @property
+    def reclaimable_fraction(self) -> float:
+        return self.reclaimable_bytes / self.size if self.size else 0.0
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What :meth:`VolumeStore.compact` did to one volume."""
+
+    number: int
+    before_bytes: int
+    after_bytes: int
+    records_copied: int
+    tombstones_kept: int
+
+    @property
+    def reclaimed_bytes(self) -> int:
+        return self.before_bytes - self.after_bytes
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.after_bytes
+
+
+def _by_offset(item: tuple[str, _Loc]) -> int:
+    return item[1].offset
 
 
 class VolumeStore:
@@ -164,6 +231,8 @@ class VolumeStore:
         self._in_flight: set[str] = set()
         self._index: dict[str, _Loc] = {}
         self._volumes: list[_Volume] = []
+        self._retired: list[_Volume] = []  # compacted away, fd kept open for pinned readers
+        self._compacting = threading.Lock()  # one compaction at a time
         self._used = 0
         self._reserved = 0
         self._closed = False
@@ -193,7 +262,7 @@ class VolumeStore:
         old = self._claim(chunk_id)
         try:
             if old is not None:
-                if hashlib.sha256(self._read(old)).hexdigest() == chunk_id:
+                if hashlib.sha256(self.get(chunk_id)).hexdigest() == chunk_id:
                     return False
                 log.warning("chunk %s was corrupt on disk; storing the fresh copy", chunk_id)
             self._append_durably(KIND_PUT, chunk_id, data)
@@ -203,7 +272,11 @@ class VolumeStore:
 
     def get(self, chunk_id: str) -> bytes:
         """The stored bytes, unverified (the caller hashes them)."""
-        return self._read(self._locate(chunk_id))
+        loc = self._pin(chunk_id)
+        try:
+            return self._pread(loc.volume, loc.offset, loc.length)
+        finally:
+            self._unpin(loc.volume)
 
     def delete(self, chunk_id: str) -> bool:
         """Append a durable tombstone; return False if the chunk was not there."""
@@ -234,14 +307,18 @@ class VolumeStore:
         """Size and a lazy reader of a chunk, for streaming large chunks without holding them.
 
         The location is fixed now; a concurrent delete does not disturb the stream because
-        records are never overwritten in place.
+        records are never overwritten in place, and a concurrent compaction keeps the volume's
+        file open until the stream is exhausted or closed (so do one or the other).
         """
-        loc = self._locate(chunk_id)
+        loc = self._pin(chunk_id)
 
         def pieces() -> Iterator[bytes]:
-            for start in range(0, loc.length, piece_bytes):
-                n = min(piece_bytes, loc.length - start)
-                yield self._pread(loc.volume, loc.offset + start, n)
+            try:
+                for start in range(0, loc.length, piece_bytes):
+                    n = min(piece_bytes, loc.length - start)
+                    yield self._pread(loc.volume, loc.offset + start, n)
+            finally:
+                self._unpin(loc.volume)
 
         return loc.length, pieces()
 
@@ -275,7 +352,7 @@ class VolumeStore:
             if self._closed:
                 return
             self._closed = True
-            fds = [v.fd for v in self._volumes]
+            fds = [v.fd for v in [*self._volumes, *self._retired]]
         for fd in fds:
             try:  # every acknowledged record is already durable; this is only tidiness
                 os.fdatasync(fd)
@@ -290,6 +367,169 @@ class VolumeStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- compaction (see the module docstring; policy and pace in medshard.node.compaction) ----
+
+    def volume_usage(self) -> list[VolumeUsage]:
+        """Live, dead and reclaimable bytes of every volume, oldest first."""
+        with self._lock:
+            snap = [
+                (v.number, v.size, v.live, tuple(v.tombstones), tuple(v.dead_puts))
+                for v in self._volumes
+            ]
+        index = self._index  # membership tests only: atomic without the lock
+        older_puts: set[str] = set()  # ids with a dead PUT in a volume seen so far
+        usage = []
+        for i, (number, size, live, tombstones, dead_puts) in enumerate(snap):
+            kept = sum(1 for t in tombstones if t in older_puts and t not in index)
+            dead = size - live
+            reclaimable = max(0, dead - kept * HEADER_SIZE)
+            usage.append(VolumeUsage(number, size, live, dead, reclaimable, i < len(snap) - 1))
+            older_puts.update(dead_puts)
+        return usage
+
+    def compact(
+        self, number: int, *, throttle: Callable[[int], None] | None = None
+    ) -> CompactionResult:
+        """Rewrite sealed volume ``number`` with only its live records and needed tombstones.
+
+        Parameters
+        ----------
+        number
+            The volume (``vol-NNNNNNNN.dat``); the one being appended to is refused.
+        throttle
+            Called with the size of each record before it is copied: sleep there to limit
+            the rate, or raise to abandon the compaction (nothing changes then).
+
+        Raises
+        ------
+        InvalidInputError
+            No such sealed volume.
+        StorageError
+            On I/O failures; the old volume stays as it was, the partial copy is removed.
+        """
+        with self._compacting:
+            old, keep, tombstones = self._compaction_plan(number)
+            new = _Volume(number, old.path.with_suffix(_COMPACT_SUFFIX), -1, 0)
+            copied: list[tuple[str, _Loc, int]] = []
+            try:
+                if keep or tombstones:
+                    new.fd = os.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                    copied = self._copy_records(old, new, keep, tombstones, throttle)
+                    os.fsync(new.fd)
+                    if hasattr(os, "posix_fadvise"):  # durable: leave the page cache to clients
+                        os.posix_fadvise(new.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                with self._lock:
+                    self._switch(old, new, copied, tombstones)
+            except BaseException:
+                if not old.retired and new.fd >= 0:  # the old volume stays; the copy goes
+                    os.close(new.fd)
+                    new.path.unlink(missing_ok=True)
+                raise
+            try:
+                os.fsync(self._dir_fd)  # the rename (or unlink) itself
+            except OSError as e:  # either file scans to the same chunks; only tidiness
+                log.warning("node %s: fsync of %s failed: %s", self.name, self.root, e)
+        log.info(
+            "node %s: compacted %s from %d to %d bytes (%d records, %d tombstones kept)",
+            self.name,
+            old.path.name,
+            old.size,
+            new.size,
+            len(copied),
+            len(tombstones),
+        )
+        return CompactionResult(number, old.size, new.size, len(copied), len(tombstones))
+
+    def _compaction_plan(self, number: int) -> tuple[_Volume, list[tuple[str, _Loc]], list[str]]:
+        """The sealed volume, its live records in file order, and the tombstones to keep.
+
+        Every record this plan drops is dead because of a record written before it; those
+        are made durable here, so the dropped ones can never come back after a crash.
+        """
+        while True:
+            with self._lock:
+                self._check_writable()
+                sealed = self._volumes[:-1]
+                old = next((v for v in sealed if v.number == number), None)
+                if old is None:
+                    raise InvalidInputError(f"node {self.name} has no sealed volume {number}")
+                if not old.pending:  # sealed: no new PUT can land in it any more
+                    items = list(self._index.items())
+                    older = [v.dead_puts for v in sealed if v.number < number]
+                    shadowed = set().union(*older) if old.tombstones and older else set()
+                    tombstones = sorted(
+                        t for t in old.tombstones if t in shadowed and t not in self._index
+                    )
+                    seq = self._written_seq
+                    break
+            time.sleep(0.001)  # a PUT written just before the roll-over is finishing
+        keep = sorted(((i, loc) for i, loc in items if loc.volume is old), key=_by_offset)
+        self._wait_durable(seq)
+        return old, keep, tombstones
+
+    def _copy_records(
+        self,
+        old: _Volume,
+        new: _Volume,
+        keep: list[tuple[str, _Loc]],
+        tombstones: list[str],
+        throttle: Callable[[int], None] | None,
+    ) -> list[tuple[str, _Loc, int]]:
+        """Append the kept records to ``new``; returns (id, old location, new data offset)."""
+        copied = []
+        for chunk_id, loc in keep:
+            record = self._pread(old, loc.offset - HEADER_SIZE, HEADER_SIZE + loc.length)
+            hdr = _parse_header(record[:HEADER_SIZE])
+            if hdr is None or hdr.kind != KIND_PUT or hdr.chunk_id != chunk_id:
+                raise StorageError(f"{old.path}: no record of {chunk_id} where the index says")
+            if throttle is not None:
+                throttle(len(record))
+            self._write_all(new, [record], new.size)
+            copied.append((chunk_id, loc, new.size + HEADER_SIZE))
+            new.size += len(record)
+        for chunk_id in tombstones:
+            self._write_all(new, [pack_header(KIND_TOMBSTONE, chunk_id, b"")], new.size)
+            new.size += HEADER_SIZE
+        return copied
+
+    def _switch(
+        self,
+        old: _Volume,
+        new: _Volume,
+        copied: list[tuple[str, _Loc, int]],
+        tombstones: list[str],
+    ) -> None:
+        """Put ``new`` in place of ``old``, on disk and in the index (the caller holds the lock).
+
+        A chunk deleted or re-put during the copy keeps its newer location; its copied
+        record is dead in the new volume, as the old one would have been.
+        """
+        self._check_writable()
+        at = self._volumes.index(old)
+        if new.fd < 0:  # nothing to keep: the volume goes
+            os.unlink(old.path)
+            del self._volumes[at]
+        else:
+            os.replace(new.path, old.path)
+            new.path = old.path
+            for chunk_id, loc, offset in copied:
+                if self._index.get(chunk_id) is loc:
+                    self._index[chunk_id] = _Loc(new, offset, loc.length)
+                    new.live += HEADER_SIZE + loc.length
+                else:
+                    new.dead_puts.add(chunk_id)
+            new.tombstones.update(tombstones)
+            self._volumes[at] = new
+        old.retired = True
+        self._dirty.discard(old.fd)
+        if old.pins:
+            self._retired.append(old)
+            return
+        try:
+            os.close(old.fd)
+        except OSError as e:  # the switch is done; a close error changes nothing
+            log.warning("node %s: closing %s failed: %s", self.name, old.path, e)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -324,20 +564,39 @@ class VolumeStore:
             self._written_seq += 1
             seq = self._written_seq
             if kind == KIND_TOMBSTONE:  # hide at once; the tombstone's durability follows
-                self._used -= self._index.pop(chunk_id).length
+                self._unindex(chunk_id)
+                vol.tombstones.add(chunk_id)
             else:
                 self._reserved += size
+                vol.pending += 1  # keeps compaction off vol until the record is indexed
         try:
             self._wait_durable(seq)
-        finally:
+        except BaseException:
             if kind == KIND_PUT:
                 with self._lock:
                     self._reserved -= size
+                    vol.pending -= 1
+            raise
         if kind == KIND_PUT:
             with self._lock:
-                old = self._index.get(chunk_id)
-                self._used += size - (old.length if old else 0)
-                self._index[chunk_id] = _Loc(vol, start + len(header), size)
+                self._reserved -= size
+                vol.pending -= 1
+                self._unindex(chunk_id)
+                self._index_put(chunk_id, vol, start + len(header), size)
+
+    def _index_put(self, chunk_id: str, vol: _Volume, data_offset: int, size: int) -> None:
+        """Point the index at a PUT record (the caller holds the lock, or is the scan)."""
+        self._index[chunk_id] = _Loc(vol, data_offset, size)
+        self._used += size
+        vol.live += HEADER_SIZE + size
+
+    def _unindex(self, chunk_id: str) -> None:
+        """Drop an id from the index; its record turns dead (the caller holds the lock)."""
+        old = self._index.pop(chunk_id, None)
+        if old is not None:
+            self._used -= old.length
+            old.volume.live -= HEADER_SIZE + old.length
+            old.volume.dead_puts.add(chunk_id)
 
     def _write_all(self, vol: _Volume, parts: list[bytes], offset: int) -> None:
         """Write every byte or none: a failed write is cut back off the volume."""
@@ -420,17 +679,28 @@ class VolumeStore:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _locate(self, chunk_id: str) -> _Loc:
+    def _locate(self, chunk_id: str, *, pin: bool = False) -> _Loc:
         with self._lock:
             if self._closed:  # its fd numbers may already belong to other files
                 raise StorageError(f"volume store {self.root} is closed")
             loc = self._index.get(chunk_id)
+            if loc is not None and pin:
+                loc.volume.pins += 1
         if loc is None:
             raise NotFoundError(f"chunk {chunk_id} not found on node {self.name}")
         return loc
 
-    def _read(self, loc: _Loc) -> bytes:
-        return self._pread(loc.volume, loc.offset, loc.length)
+    def _pin(self, chunk_id: str) -> _Loc:
+        """Locate a chunk and keep its volume's fd open until :meth:`_unpin` (a compaction
+        may retire the volume meanwhile; its fd number must not be reused under the read)."""
+        return self._locate(chunk_id, pin=True)
+
+    def _unpin(self, vol: _Volume) -> None:
+        with self._lock:
+            vol.pins -= 1
+            if vol.retired and not vol.pins and not self._closed:
+                self._retired.remove(vol)
+                os.close(vol.fd)
 
     def _pread(self, vol: _Volume, offset: int, length: int) -> bytes:
         data = os.pread(vol.fd, length, offset)
@@ -446,6 +716,9 @@ class VolumeStore:
         return _Volume(number, path, fd, os.fstat(fd).st_size)
 
     def _load(self) -> None:
+        for stray in self.root.glob(f"vol-*{_COMPACT_SUFFIX}"):  # a compaction cut short
+            log.warning("%s: removing an unfinished compaction", stray)
+            stray.unlink()
         numbers = sorted(
             int(m.group(1)) for p in self.root.iterdir() if (m := _VOLUME_RE.fullmatch(p.name))
         )
@@ -506,9 +779,8 @@ class VolumeStore:
         return size
 
     def _apply(self, hdr: _Header, vol: _Volume, data_offset: int) -> None:
-        old = self._index.pop(hdr.chunk_id, None)
-        if old is not None:
-            self._used -= old.length
+        self._unindex(hdr.chunk_id)
         if hdr.kind == KIND_PUT:
-            self._index[hdr.chunk_id] = _Loc(vol, data_offset, hdr.length)
-            self._used += hdr.length
+            self._index_put(hdr.chunk_id, vol, data_offset, hdr.length)
+        else:
+            vol.tombstones.add(hdr.chunk_id)

@@ -149,6 +149,15 @@ class NodeClient:
         query = urlencode({"peer": peer, "url": url})
         return float(self._request("GET", f"/rtt?{query}").json()["rtt_ms"])
 
+    def compact(self, threshold: float | None = None) -> dict[str, Any]:
+        """Ask the node to compact its sealed volumes now, in the background, every one whose
+        reclaimable share is at least ``threshold`` (default: the node's own setting).
+        Returns the node's compaction progress (as in ``health()["compaction"]``)."""
+        query = "" if threshold is None else "?" + urlencode({"threshold": threshold})
+        path = f"/compact{query}"
+        stats: dict[str, Any] = self._request("POST", path).json()
+        return stats
+
     def verify(self, chunk_id: str) -> None:
         """Ask the node to re-hash its copy (scrubbing); ChecksumMismatchError if it rotted,
         NotFoundError if the node no longer holds it."""
