@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, bindparam, exists, func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session, lazyload
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from medshard.catalog.matching import (
     LIKE_ESCAPE,
@@ -145,20 +145,49 @@ def _sql_condition(column: Any, attr: Attribute, cond: Condition) -> ColumnEleme
     return None
 
 
+_MODELS: dict[Level, tuple[type[Patient | Study | Series | Instance], ...]] = {
+    "PATIENT": (Patient,),
+    "STUDY": (Study, Patient),
+    "SERIES": (Series, Study, Patient),
+    "IMAGE": (Instance, Series, Study, Patient),
+}
+_PK_KEY = {
+    Patient: "_patient_pk",
+    Study: "_study_pk",
+    Series: "_series_pk",
+    Instance: "_instance_pk",
+}
+
+
+def _columns(level: Level) -> list[Any]:
+    """The columns a search returns at ``level``, labelled with their keywords: keys and the
+    searchable attributes only (not ORM objects, whose loading cost ~15 us a row, nor the
+    wrapped keys and timestamps nobody asked for)."""
+    columns: list[Any] = []
+    for model in _MODELS[level]:
+        columns.append(model.id.label(_PK_KEY[model]))
+        if model is Instance:
+            columns.append(Instance.object_pk.label("_object_pk"))
+        columns += [
+            a.column.label(a.keyword)
+            for a in ATTRIBUTES.values()
+            if a.column is not None and a.column.class_ is model
+        ]
+    return columns
+
+
 def _base(level: Level) -> Select:
+    query = select(*_columns(level))
     if level == "PATIENT":
-        return select(Patient)
+        return query
     if level == "STUDY":
-        return select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+        return query.join_from(Study, Patient, Study.patient_pk == Patient.id)
     if level == "SERIES":
-        return (
-            select(Series, Study, Patient)
-            .join(Study, Series.study_pk == Study.id)
-            .join(Patient, Study.patient_pk == Patient.id)
+        return query.join_from(Series, Study, Series.study_pk == Study.id).join(
+            Patient, Study.patient_pk == Patient.id
         )
     return (
-        select(Instance, Series, Study, Patient)
-        .join(Series, Instance.series_pk == Series.id)
+        query.join_from(Instance, Series, Instance.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)
         .join(Patient, Study.patient_pk == Patient.id)
     )
@@ -214,10 +243,7 @@ def search(
             query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
-    # only columns are read: the models' eager joins (a study's patient, an instance's series
-    # and object...) would add joins and objects per row for nothing
-    query = query.options(lazyload("*"))
-    rows = [_row(level, r) for r in session.execute(query).all()]
+    rows = [dict(r._mapping) for r in session.connection().execute(query)]
     wanted = list(fields) if fields is not None else searchable(level)
     _add_computed(session, level, rows, set(wanted) | set(python_side))
     if python_side:
@@ -245,30 +271,14 @@ def _order(level: Level) -> list[Any]:
     return [Instance.instance_number, Instance.sop_instance_uid]
 
 
-def _row(level: Level, result: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for obj in result:
-        if isinstance(obj, Patient):
-            row["_patient_pk"] = obj.id
-        elif isinstance(obj, Study):
-            row["_study_pk"] = obj.id
-        elif isinstance(obj, Series):
-            row["_series_pk"] = obj.id
-        elif isinstance(obj, Instance):
-            row["_instance_pk"] = obj.id
-            row["_object_pk"] = obj.object_pk
-        for attr in ATTRIBUTES.values():
-            if attr.column is not None and attr.column.class_ is type(obj):
-                row[attr.keyword] = getattr(obj, attr.column.key)
-    return row
-
-
 def _counts(session: Session, stmt: Select) -> dict[int, int]:
     return {int(k): int(v) for k, v in session.execute(stmt).all()}
 
 
+# count(series_pk), not count(id): the instances' series index then answers alone (an
+# index-only scan; at 10^6 instances on PostgreSQL 3 ms for 100 studies instead of 8)
 _SERIES_OF_STUDIES = (
-    select(Series.study_pk, Series.modality, func.count(Instance.id))
+    select(Series.study_pk, Series.modality, func.count(Instance.series_pk))
     .outerjoin(Instance, Instance.series_pk == Series.id)
     .where(Series.study_pk.in_(bindparam("pks", expanding=True)))
     .group_by(Series.id, Series.study_pk, Series.modality)
@@ -297,7 +307,7 @@ def _add_computed(
         )
         instances = _counts(
             session,
-            select(Study.patient_pk, func.count(Instance.id))
+            select(Study.patient_pk, func.count(Instance.series_pk))
             .join(Series, Series.study_pk == Study.id)
             .join(Instance, Instance.series_pk == Series.id)
             .where(Study.patient_pk.in_(pks))
