@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -67,88 +69,103 @@ def sites_of_copies(dep: Deployment) -> list[set[str]]:
     return list(by_chunk.values())
 
 
-def test_reads_come_from_the_replica_nearest_the_callers_site(tmp_path: Path) -> None:
+@contextmanager
+def two_sites(root: Path) -> Iterator[tuple[Deployment, list[NodeProcess], list[NodeProcess]]]:
+    """A deployment with two nodes at NEAR and two at FAR, each site on its own loopback
+    address, the FAR ones registered behind delaying proxies: (deployment, near nodes, far
+    nodes). The proxies and nodes are stopped afterwards."""
     near_ip, far_ip = loopback_addresses(2)
     dep = make_deployment(
-        tmp_path, sites=[NEAR, NEAR, FAR, FAR], hosts=[near_ip, near_ip, far_ip, far_ip]
+        root, sites=[NEAR, NEAR, FAR, FAR], hosts=[near_ip, near_ip, far_ip, far_ip]
     )
     near_nodes, far_nodes = dep.nodes[:2], dep.nodes[2:]
     proxies = [DelayProxy(n.port, DELAY_S, host=far_ip) for n in far_nodes]
-    catalog = Catalog(dep.settings.database_url)
-    for node, proxy in zip(far_nodes, proxies, strict=True):  # the service sees them far away
-        register_node(catalog, name=node.name, url=proxy.url, site=FAR, capacity_bytes=0)
-    catalog.dispose()
-    service = None
     try:
-        imported = dep.cli_json("import", str(sample_dicom_dir()))["imported"]
-        assert imported
-        assert all(sites == {NEAR, FAR} for sites in sites_of_copies(dep))
-
-        # a doctor at the far site, in the patients' care teams (added by an admin)
-        dep.cli("user", "add", "dr-far", "--role", "doctor", "--site", FAR, "--password", PASSWORD)
-        dep.cli("user", "add", "root-admin", "--role", "admin", "--password", PASSWORD)
-        service = start_service(dep, heartbeat_interval_s=3600.0, scrub_bytes_per_s=0)
-        near = service.auth_headers()
-        far_token = login(service.url, "dr-far")
-        far = {"Authorization": f"Bearer {far_token}"}
-        admin = {"Authorization": f"Bearer {login(service.url, 'root-admin')}"}
         catalog = Catalog(dep.settings.database_url)
-        with catalog.session() as session:  # patients the REST API can name (an ID, not "")
-            rows = session.execute(
-                select(Patient.patient_id, Study.study_instance_uid)
-                .join(Study, Study.patient_pk == Patient.id)
-                .where(Patient.patient_id != "")
-            ).all()
+        for node, proxy in zip(far_nodes, proxies, strict=True):  # the service sees them far
+            register_node(catalog, name=node.name, url=proxy.url, site=FAR, capacity_bytes=0)
         catalog.dispose()
-        for pid in {pid for pid, _study in rows}:
-            team = f"{service.url}/api/patients/{pid}/careteam"
-            # the admin's add is committed, though the answer (the team, shown to the admin,
-            # who sees no clinical data) is a 404; the doctor's own view proves it
-            httpx.post(f"{team}/doctors", json={"username": "dr-far"}, headers=admin, timeout=30)
-            r = httpx.get(team, headers=far, timeout=30)
-            assert r.status_code == 200, r.text
-            assert "dr-far" in {d["username"] for d in r.json()["doctors"]}
-        urls = [f"{service.dicomweb}/studies/{study}" for _pid, study in rows]
-        assert len(urls) >= 5
-
-        def timed_reads(headers: dict[str, str], served_by: list[NodeProcess]) -> list[float]:
-            before = gets(dep, dep.nodes)
-            before_site = gets(dep, served_by)
-            times = []
-            with httpx.Client(headers=headers, timeout=60) as client:
-                for url in urls:
-                    start = time.perf_counter()
-                    r = client.get(url, headers={"Accept": AS_STORED})
-                    times.append(time.perf_counter() - start)
-                    assert r.status_code == 200, r.text
-            served = gets(dep, dep.nodes) - before
-            assert served >= len(urls)  # every instance's chunk was fetched
-            assert gets(dep, served_by) - before_site == served  # ... all at this site
-            return times
-
-        near_times: list[float] = []
-        far_times: list[float] = []
-        for _ in range(ROUNDS):  # interleaved, so machine load falls on both alike
-            near_times += timed_reads(near, near_nodes)
-            far_times += timed_reads(far, far_nodes)
-        near_ms = statistics.median(near_times) * 1000
-        far_ms = statistics.median(far_times) * 1000
-        print(f"median study read: near site {near_ms:.1f} ms, far site {far_ms:.1f} ms")
-        assert far_ms - near_ms > 2 * DELAY_S * 1000 * 0.8, (near_ms, far_ms)
-
-        # the CLI follows the caller's site too
-        sop = imported[0]["sop_instance_uid"]
-        before = gets(dep, far_nodes)
-        dep.cli("get", "--sop", sop, "-o", str(tmp_path / "far.dcm"), token=far_token)
-        assert gets(dep, far_nodes) > before
-        before = gets(dep, near_nodes)
-        dep.cli("get", "--sop", sop, "-o", str(tmp_path / "near.dcm"))
-        assert gets(dep, near_nodes) > before
-        assert (tmp_path / "far.dcm").read_bytes() == (tmp_path / "near.dcm").read_bytes()
+        yield dep, near_nodes, far_nodes
     finally:
-        if service is not None:
-            service.process.stop()
         for proxy in proxies:
             proxy.close()
         for proc in dep.nodes:
             proc.stop()
+
+
+def test_reads_come_from_the_replica_nearest_the_callers_site(tmp_path: Path) -> None:
+    with two_sites(tmp_path) as (dep, near_nodes, far_nodes):
+        service = None
+        try:
+            imported = dep.cli_json("import", str(sample_dicom_dir()))["imported"]
+            assert imported
+            assert all(sites == {NEAR, FAR} for sites in sites_of_copies(dep))
+
+            # a doctor at the far site, in the patients' care teams (added by an admin)
+            dep.cli(
+                "user", "add", "dr-far", "--role", "doctor", "--site", FAR, "--password", PASSWORD
+            )
+            dep.cli("user", "add", "root-admin", "--role", "admin", "--password", PASSWORD)
+            service = start_service(dep, heartbeat_interval_s=3600.0, scrub_bytes_per_s=0)
+            near = service.auth_headers()
+            far_token = login(service.url, "dr-far")
+            far = {"Authorization": f"Bearer {far_token}"}
+            admin = {"Authorization": f"Bearer {login(service.url, 'root-admin')}"}
+            catalog = Catalog(dep.settings.database_url)
+            with catalog.session() as session:  # patients the REST API can name (an ID, not "")
+                rows = session.execute(
+                    select(Patient.patient_id, Study.study_instance_uid)
+                    .join(Study, Study.patient_pk == Patient.id)
+                    .where(Patient.patient_id != "")
+                ).all()
+            catalog.dispose()
+            for pid in {pid for pid, _study in rows}:
+                team = f"{service.url}/api/patients/{pid}/careteam"
+                # the admin's add is committed, though the answer (the team, shown to the admin,
+                # who sees no clinical data) is a 404; the doctor's own view proves it
+                httpx.post(
+                    f"{team}/doctors", json={"username": "dr-far"}, headers=admin, timeout=30
+                )
+                r = httpx.get(team, headers=far, timeout=30)
+                assert r.status_code == 200, r.text
+                assert "dr-far" in {d["username"] for d in r.json()["doctors"]}
+            urls = [f"{service.dicomweb}/studies/{study}" for _pid, study in rows]
+            assert len(urls) >= 5
+
+            def timed_reads(headers: dict[str, str], served_by: list[NodeProcess]) -> list[float]:
+                before = gets(dep, dep.nodes)
+                before_site = gets(dep, served_by)
+                times = []
+                with httpx.Client(headers=headers, timeout=60) as client:
+                    for url in urls:
+                        start = time.perf_counter()
+                        r = client.get(url, headers={"Accept": AS_STORED})
+                        times.append(time.perf_counter() - start)
+                        assert r.status_code == 200, r.text
+                served = gets(dep, dep.nodes) - before
+                assert served >= len(urls)  # every instance's chunk was fetched
+                assert gets(dep, served_by) - before_site == served  # ... all at this site
+                return times
+
+            near_times: list[float] = []
+            far_times: list[float] = []
+            for _ in range(ROUNDS):  # interleaved, so machine load falls on both alike
+                near_times += timed_reads(near, near_nodes)
+                far_times += timed_reads(far, far_nodes)
+            near_ms = statistics.median(near_times) * 1000
+            far_ms = statistics.median(far_times) * 1000
+            print(f"median study read: near site {near_ms:.1f} ms, far site {far_ms:.1f} ms")
+            assert far_ms - near_ms > 2 * DELAY_S * 1000 * 0.8, (near_ms, far_ms)
+
+            # the CLI follows the caller's site too
+            sop = imported[0]["sop_instance_uid"]
+            before = gets(dep, far_nodes)
+            dep.cli("get", "--sop", sop, "-o", str(tmp_path / "far.dcm"), token=far_token)
+            assert gets(dep, far_nodes) > before
+            before = gets(dep, near_nodes)
+            dep.cli("get", "--sop", sop, "-o", str(tmp_path / "near.dcm"))
+            assert gets(dep, near_nodes) > before
+            assert (tmp_path / "far.dcm").read_bytes() == (tmp_path / "near.dcm").read_bytes()
+        finally:
+            if service is not None:
+                service.process.stop()

@@ -1,8 +1,8 @@
 """The browser UI's details beyond the main flows: the admin's cluster page shows free space,
-the ``full`` flag, the repair and migration queues, the metadata backup and a map of the nodes'
-network coordinates; the doctor's worklist has an AI column filled by one batched request; a
-patient's timeline holds their documents beside their studies, each downloadable; and the
-model card is one click away from an AI finding in the viewer.
+the ``full`` flag, the repair, migration and compaction queues, the metadata backup and a map
+of the nodes' network coordinates; the doctor's worklist has an AI column filled by one
+batched request; a patient's timeline holds their documents beside their studies, each
+downloadable; and the model card is one click away from an AI finding in the viewer.
 
 One deployment for the module (``web_world``) with one analysed chest X-ray (``chest``); each
 test opens its own browser context.
@@ -71,12 +71,18 @@ def test_admin_cluster_shows_free_space_queues_backup_and_the_coordinate_map(
     page = new_page()
 
     # the status the page gets is the service's own, with one node marked full (as a node
-    # past its free-space reserve reports itself), so the flag's rendering is checked too
+    # past its free-space reserve reports itself) and some space reclaimed by compaction, so
+    # the flag's and the byte total's rendering are checked too
+    assert status["background"] is not None  # the service runs its health monitor
+    reclaimed = 3 * 1024 * 1024
+
     def mark_full(route: Any) -> None:
         response = route.fetch()
         body = response.json()
         for node in body["nodes"]:
             node["full"] = node["name"] == full_node
+        body["background"]["queues"]["compaction"] = 2
+        body["background"]["totals"]["bytes_reclaimed"] = reclaimed
         route.fulfill(response=response, body=json.dumps(body))
 
     page.route("**/api/status", mark_full)
@@ -93,16 +99,23 @@ def test_admin_cluster_shows_free_space_queues_backup_and_the_coordinate_map(
     assert nodes[full_node].get_by_test_id("node-full").inner_text() == "full"
 
     queues = page.get_by_test_id("queues")
-    assert "Repair and migration queues" in queues.inner_text()
+    assert "Repair, migration and compaction queues" in queues.inner_text()
     shown = {q.get_attribute("data-queue"): q for q in queues.get_by_test_id("queue").all()}
-    assert {"under_replicated", "bad_replicas", "drain_copies"} <= set(shown)
+    assert {"under_replicated", "bad_replicas", "drain_copies", "compaction"} <= set(shown)
     assert shown["under_replicated"].get_attribute("data-depth") == str(
         w.admin("/api/status")["under_replicated"]
     )
-    if status["background"] is not None:
-        queues.get_by_text("Background work since the service started").click()
-        totals = queues.get_by_test_id("background-totals")
-        assert "repair runs" in totals.inner_text() and "patients migrated" in totals.inner_text()
+    compaction = shown["compaction"]
+    assert compaction.get_attribute("data-depth") == "2"
+    assert compaction.inner_text() == "2 volumes waiting for compaction (space reclaim)"
+    queues.get_by_text("Background work since the service started").click()
+    totals = queues.get_by_test_id("background-totals")
+    text = totals.inner_text()
+    assert "repair runs" in text and "patients migrated" in text, text
+    assert "volumes compacted" in text and "space reclaimed by compaction" in text, text
+    space = totals.locator('dd[data-total="bytes_reclaimed"]')
+    assert space.inner_text() == "3.0 MB"
+    assert space.get_attribute("data-value") == str(reclaimed)
 
     backup = page.get_by_test_id("backup")
     assert "Metadata backup" in backup.inner_text()

@@ -255,8 +255,11 @@ def list_for_patient(patient_id: str) -> list[DocRow]:
 
 
 def read_bytes(row: DocRow) -> Iterator[bytes]:
-    """The stored bytes of a version already authorised and audited (verified on read)."""
-    return require_caller().gate.archive.store.read(row.object_key)
+    """The stored bytes of a version already authorised and audited (verified on read),
+    read from the replicas nearest the caller's site."""
+    caller = require_caller()
+    near = caller.gate.site_of(caller.principal)
+    return caller.gate.archive.store.read(row.object_key, near_site=near)
 
 
 def _audit_read(caller: Caller, row: DocRow, action: str) -> None:

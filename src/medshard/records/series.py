@@ -230,10 +230,10 @@ def points(
     if end is not None:
         where.append(SensorSegment.start_at < rows.as_utc(end))
     found = _segments(pk, *where)
-    store = caller.gate.archive.store
+    store, near = caller.gate.archive.store, caller.gate.site_of(caller.principal)
     ts, vs = [], []
     for _seg, key, _pid in found:  # oldest batch first: a later one overrides below
-        t, v = series_codec.decode(store.read_all(key))
+        t, v = series_codec.decode(store.read_all(key, near_site=near))
         ts.append(t)
         vs.append(v)
     t = np.concatenate(ts) if ts else np.zeros(0, np.int64)
@@ -295,4 +295,5 @@ def raw_batch(patient_id: str, batch_uid: str) -> tuple[str, Iterator[bytes]]:
         detail=f"batch {batch_uid}",
     )
     ctype = "text/csv" if row[1] == "text/plain" else row[1]
-    return ctype, caller.gate.archive.store.read(row[0])
+    near = caller.gate.site_of(caller.principal)
+    return ctype, caller.gate.archive.store.read(row[0], near_site=near)

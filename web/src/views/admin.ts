@@ -1,7 +1,7 @@
 // The admin's pages: the cluster as a picture (nodes by site, state, used/capacity/free, a
-// map of the nodes' network coordinates, shard spread, replication, the repair and migration
-// queues, the metadata backup), the users, and the audit log with filters. Admins see no
-// clinical data.
+// map of the nodes' network coordinates, shard spread, replication, the repair, migration and
+// compaction queues, the metadata backup), the users, and the audit log with filters. Admins
+// see no clinical data.
 import { json } from '../api';
 import { errorMessage } from '../components';
 import { formatBytes, h, message, replace } from '../dom';
@@ -211,6 +211,7 @@ const QUEUES: [string, string][] = [
   ['bad_replicas', 'bad replicas to replace (repair)'],
   ['drain_copies', 'copies to move off draining nodes (migration)'],
   ['orphan_candidates', 'orphan chunks under watch'],
+  ['compaction', 'volumes waiting for compaction (space reclaim)'],
 ];
 
 const TOTALS: Record<string, string> = {
@@ -223,9 +224,20 @@ const TOTALS: Record<string, string> = {
   adopted: 'chunks adopted',
   moved: 'copies moved',
   migrated_patients: 'patients migrated',
+  rebalanced: 'copies moved to balance the nodes (rebalance)',
+  volumes_compacted: 'volumes compacted',
+  bytes_reclaimed: 'space reclaimed by compaction',
 };
 
-/** The repair and migration queues (depths now) and what the background work did so far. */
+/** Totals that count bytes: shown as sizes, not raw numbers. */
+const BYTE_TOTALS = new Set(['bytes_reclaimed']);
+
+function totalValue(key: string, value: number): string {
+  return BYTE_TOTALS.has(key) ? formatBytes(value) : String(value);
+}
+
+/** The repair, migration and compaction queues (depths now) and what the background work did
+ * so far. */
 function queues(s: ClusterStatus): HTMLElement {
   const depth: Record<string, number | undefined> = {
     under_replicated: s.under_replicated,
@@ -241,7 +253,7 @@ function queues(s: ClusterStatus): HTMLElement {
   return h(
     'section',
     { class: 'card', 'data-testid': 'queues', 'aria-labelledby': 'queues-title' },
-    h('h2', { id: 'queues-title' }, 'Repair and migration queues'),
+    h('h2', { id: 'queues-title' }, 'Repair, migration and compaction queues'),
     h(
       'ul',
       { class: 'queue-list' },
@@ -257,7 +269,7 @@ function queues(s: ClusterStatus): HTMLElement {
           h(
             'dl',
             { class: 'small totals', 'data-testid': 'background-totals' },
-            totals.flatMap(([k, v]) => [h('dt', {}, TOTALS[k] ?? k.replaceAll('_', ' ')), h('dd', { 'data-total': k }, String(v))]),
+            totals.flatMap(([k, v]) => [h('dt', {}, TOTALS[k] ?? k.replaceAll('_', ' ')), h('dd', { 'data-total': k, 'data-value': String(v) }, totalValue(k, v))]),
           ),
         )
       : h('p', { class: 'small muted' }, 'The health monitor is not running in this service: nothing is repaired or moved in the background.'),

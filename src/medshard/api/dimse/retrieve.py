@@ -60,11 +60,14 @@ class Match:
     sop_class_uid: str
     transfer_syntax_uid: str
     object_key: str
+    #: The calling AE's site (its service account's): the instance is read from the
+    #: replica nearest it.
+    near_site: str | None = None
 
 
 def find_matches(archive: Archive, query: Query, action: str = "retrieve") -> list[Match]:
     """Every stored instance the retrieve identifier selects that the caller may see, in
-    catalog order; audited per patient."""
+    catalog order, each to be read near the caller's site; audited per patient."""
     fields = ["SOPInstanceUID", "SOPClassUID", "AvailableTransferSyntaxUID", "StudyInstanceUID"]
     caller = require_caller()
     with archive.catalog.session() as session:
@@ -73,12 +76,14 @@ def find_matches(archive: Archive, query: Query, action: str = "retrieve") -> li
         )
         audit_results(caller, action, rows, detail="DIMSE retrieve")
         keys = live_object_keys(session, [r["_instance_pk"] for r in rows])
+    site = caller.gate.site_of(caller.principal)  # cached per gate: no query per retrieve
     return [
         Match(
             sop_instance_uid=str(r["SOPInstanceUID"]),
             sop_class_uid=str(r["SOPClassUID"] or ""),
             transfer_syntax_uid=str(r["AvailableTransferSyntaxUID"] or ""),
             object_key=keys[r["_instance_pk"]],
+            near_site=site,
         )
         for r in rows
         if r["_instance_pk"] in keys
@@ -177,9 +182,10 @@ class StoredInstance(Dataset):
 
 
 def load_instance(archive: Archive, match: Match) -> StoredInstance:
-    """Read, verify and parse one stored instance."""
+    """Read (from the replicas nearest the caller's site), verify and parse one stored instance."""
     return StoredInstance.from_bytes(
-        archive.store.read_all(match.object_key), match.transfer_syntax_uid
+        archive.store.read_all(match.object_key, near_site=match.near_site),
+        match.transfer_syntax_uid,
     )
 
 

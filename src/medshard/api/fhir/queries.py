@@ -297,10 +297,11 @@ def _code_filter(params: QueryParams) -> list[ColumnElement[bool]]:
 
 
 def _observations(found: Sequence[Any]) -> list[dict[str, Any]]:
-    store = require_caller().gate.archive.store
+    caller = require_caller()
+    store, near = caller.gate.archive.store, caller.gate.site_of(caller.principal)
     out = []
     for seg, key, pid in found:
-        t, v = series_codec.decode(store.read_all(key))
+        t, v = series_codec.decode(store.read_all(key, near_site=near))
         out.append(res.observation(seg, pid, t, v))
     return out
 
