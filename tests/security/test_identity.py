@@ -118,3 +118,11 @@ def test_an_oidc_provider_can_issue_the_tokens(dep: Deployment, tmp_path: Path) 
         )  # fmt: skip
         with pytest.raises(AuthenticationError):
             gate.authenticate(forged, "t")
+
+
+def test_removing_a_calling_ae_that_is_not_allowed_says_so(dep: Deployment) -> None:
+    dep.cli("dicom", "allow", "FARPACS", "--user", TEST_ACCOUNT)
+    dep.cli("dicom", "remove", "FARPACS")
+    again = dep.cli("dicom", "remove", "FARPACS", ok=False)  # a typo must not pass for done
+    assert again.exit_code != 0 and "not an allowed calling AE" in again.output
+    assert "FARPACS" not in dep.cli("dicom", "list").output

@@ -22,11 +22,12 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, exists, false, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from medshard.catalog import care_team
 from medshard.catalog.access_models import BreakGlass, CareTeamDoctor
 from medshard.catalog.lookups import patient_meets, patient_pk_of
 from medshard.catalog.models import CareSite, Patient, utcnow
 from medshard.errors import AccessDeniedError, NotFoundError
-from medshard.security.gate import Gate, _involve
+from medshard.security.gate import Gate
 from medshard.security.policy import may_store
 from medshard.security.principal import Principal
 
@@ -118,6 +119,6 @@ def involve(session: Session, principal: Principal, patient_pk: int) -> None:
     team, as a store of images does, so the writer keeps reaching what they wrote."""
     site = principal.home_site
     if site is not None:
-        _involve(session, CareSite, patient_pk=patient_pk, site_id=site)
+        care_team.involve(session, CareSite, patient_pk=patient_pk, site_id=site)
     if principal.role == "doctor" and principal.user_pk is not None:
-        _involve(session, CareTeamDoctor, patient_pk=patient_pk, user_pk=principal.user_pk)
+        care_team.involve(session, CareTeamDoctor, patient_pk=patient_pk, user_pk=principal.user_pk)

@@ -36,14 +36,20 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import bindparam, select, text, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from medshard.catalog.access_models import AuditEvent, AuditHead
+from medshard.catalog.audit_rows import (
+    add_audit_head,
+    append_events,
+    audit_head,
+    event_rows,
+    take_head,
+)
 from medshard.catalog.db import Catalog, peek_scratch, transaction_scratch
-from medshard.catalog.models import Patient, utcnow
+from medshard.catalog.models import utcnow
+from medshard.catalog.patient_keys import key_row_of, patient_id_of_pk
 from medshard.catalog.writes import PatientKeyRow
 from medshard.errors import ConfigError
 from medshard.storage.keys import KeyProvider
@@ -56,6 +62,7 @@ _FIELDS = (
     "seq", "at", "actor", "role", "action", "outcome", "source",
     "patient_pk", "patient_tag", "sealed", "detail", "flagged", "prev_hash",
 )  # fmt: skip
+_COLUMNS = (*_FIELDS, "hash")
 
 
 @dataclass
@@ -123,32 +130,20 @@ def chain_hash(key: bytes, row: dict[str, Any]) -> str:
 def ensure_head(catalog: Catalog, keys: KeyProvider) -> None:
     """Create the chain's head row and key once per deployment (idempotent)."""
     with catalog.session() as session:
-        if session.get(AuditHead, 1) is not None:
+        if audit_head(session) is not None:
             return
     try:
         with catalog.transaction() as session:
-            session.add(
-                AuditHead(
-                    id=1,
-                    seq=0,
-                    hash=GENESIS,
-                    wrapped_key=keys.wrap(secrets.token_bytes(32), CHAIN_CONTEXT),
-                    master_key_id=keys.key_id,
-                )
+            add_audit_head(
+                session,
+                genesis=GENESIS,
+                wrapped_key=keys.wrap(secrets.token_bytes(32), CHAIN_CONTEXT),
+                master_key_id=keys.key_id,
             )
     except IntegrityError:
         pass  # another process created it first
 
 
-# Built once: a statement built per append costs SQLAlchemy more than running it.
-_LOCK_HEAD = update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq)
-_READ_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
-_INSERT_EVENTS = AuditEvent.__table__.insert()  # type: ignore[attr-defined]
-_WRITE_HEAD = (
-    update(AuditHead)
-    .where(AuditHead.id == 1)
-    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-)
 _AT_COMMIT = "audit"
 
 
@@ -166,21 +161,13 @@ def _chain_at_commit(session: Session) -> None:
 PatientKeyOf = Callable[[Session, int], bytes | None]
 
 
-_PATIENT_ID_OF = select(Patient.patient_id).where(Patient.id == bindparam("pk"))
-_KEY_OF_PATIENT = select(
-    Patient.id, Patient.patient_id, Patient.shard, Patient.wrapped_key, Patient.master_key_id
-).where(Patient.id == bindparam("pk"))
-
-
 def patient_key_lookup(unwrap: Callable[[PatientKeyRow], bytes]) -> PatientKeyOf:
-    """Reads the key columns only: loading the ORM row (and what it eagerly joins) for every
-    audited read cost a third of the service's time under QIDO-RS."""
+    """Reads the key columns only (:func:`medshard.catalog.patient_keys.key_row_of`): loading
+    the ORM row for every audited read cost a third of the service's time under QIDO-RS."""
 
     def lookup(session: Session, patient_pk: int) -> bytes | None:
-        row = session.connection().execute(_KEY_OF_PATIENT, {"pk": patient_pk}).first()
-        if row is None or row.wrapped_key is None:
-            return None
-        return unwrap(PatientKeyRow(*row))
+        row = key_row_of(session.connection(), patient_pk)
+        return None if row is None else unwrap(row)
 
     return lookup
 
@@ -203,7 +190,7 @@ class AuditLog:
 
     def chain_key(self, session: Session) -> bytes:
         if self._chain_key is None:
-            head = session.get(AuditHead, 1)
+            head = audit_head(session)
             if head is None:
                 raise ConfigError("the audit chain has no head row: run `medshard init`")
             self._chain_key = self.keys().unwrap(head.wrapped_key, CHAIN_CONTEXT)
@@ -227,14 +214,12 @@ class AuditLog:
     def _chain(self, session: Session, rows: list[dict[str, Any]]) -> None:
         key = self.chain_key(session)
         conn = session.connection()  # Core: the ORM execute layer costs ~0.3 ms a statement
-        conn.execute(_LOCK_HEAD)
-        seq, prev = conn.execute(_READ_HEAD).one()
+        seq, prev = take_head(conn)
         for row in rows:
             seq += 1
             row["seq"], row["prev_hash"] = seq, prev
             row["hash"] = prev = chain_hash(key, row)
-        conn.execute(_INSERT_EVENTS, rows)
-        conn.execute(_WRITE_HEAD, {"new_seq": seq, "new_hash": prev})
+        append_events(conn, rows, seq, prev)
 
     def _row(self, session: Session, event: Event) -> dict[str, Any]:
         """The event's columns, sealed; ``seq``, ``prev_hash`` and ``hash`` come with the chain."""
@@ -243,9 +228,7 @@ class AuditLog:
             pkey = self.patient_key_of(session, event.patient_pk)
             if pkey is not None:
                 if event.patient_id is None:  # sealed with the event, whoever recorded it
-                    event.patient_id = session.connection().scalar(
-                        _PATIENT_ID_OF, {"pk": event.patient_pk}
-                    )
+                    event.patient_id = patient_id_of_pk(session.connection(), event.patient_pk)
                 tag = patient_tag(pkey)
                 secret = event.secret_part()
                 sealed = seal(pkey, secret) if secret else None
@@ -344,7 +327,7 @@ class Verdict:
 def verify(catalog: Catalog, keys: KeyProvider) -> Verdict:
     """Walk the whole chain; the first event that does not hold is named."""
     with catalog.session() as session:
-        head = session.get(AuditHead, 1)
+        head = audit_head(session)
         if head is None:
             return Verdict(False, 0, 0, None, "no audit head row")
         key = keys.unwrap(head.wrapped_key, CHAIN_CONTEXT)
@@ -377,30 +360,8 @@ def verify(catalog: Catalog, keys: KeyProvider) -> Verdict:
 def _rows(
     session: Session, *, since: str | None = None, tag: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    last = 0
-    columns = [*_FIELDS, "hash"]
-    where = "seq > :last"
-    if since:
-        where += " AND at >= :since"
-    if tag is not None:
-        where += " AND patient_tag = :tag"
-    while True:
-        page = session.execute(
-            text(
-                f"SELECT {', '.join(columns)} FROM audit_events WHERE {where} "
-                "ORDER BY seq LIMIT 2000"
-            ),
-            {"last": last, "since": since, "tag": tag},
-        ).all()
-        if not page:
-            return
-        for values in page:
-            row = dict(zip(columns, values, strict=True))
-            row["flagged"] = bool(row["flagged"])
-            if isinstance(row["sealed"], memoryview):
-                row["sealed"] = bytes(row["sealed"])
-            yield row
-        last = page[-1][0]
+    """Events in chain order, with every field the chain's hash covers, and the hash."""
+    return event_rows(session, _COLUMNS, since=since, tag=tag)
 
 
 @dataclass

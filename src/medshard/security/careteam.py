@@ -1,7 +1,8 @@
 """Care teams, shares with experts and break-glass: the relations authorization reads.
 
 Each operation checks who may do it and appends its audit event in the same transaction as
-the change, so the log and the relations can never disagree.
+the change, so the log and the relations can never disagree. The rows are read and written
+by :mod:`medshard.catalog.care_team`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from medshard.catalog.access_models import BreakGlass, CareTeamDoctor, Share, User
-from medshard.catalog.models import CareSite, Patient, Site, Study, utcnow
+from medshard.catalog import care_team as rows
+from medshard.catalog.lookups import patient_named
+from medshard.catalog.models import Patient, utcnow
+from medshard.catalog.studies import has_visible_study, study_named
 from medshard.errors import AccessDeniedError, InvalidInputError, NotFoundError
 from medshard.security.gate import Gate
 from medshard.security.identity import as_utc, get_user
@@ -32,7 +34,7 @@ class CareTeam:
 
 
 def _patient(session: Session, patient_id: str) -> Patient:
-    patient = session.scalar(select(Patient).where(Patient.patient_id == patient_id))
+    patient = patient_named(session, patient_id)
     if patient is None:
         raise NotFoundError(f"no patient {patient_id!r}")
     return patient
@@ -41,17 +43,14 @@ def _patient(session: Session, patient_id: str) -> Patient:
 def _may_manage(session: Session, principal: Principal, patient: Patient) -> bool:
     if principal.role in ("admin", "system"):
         return True
-    return bool(session.scalar(select(is_doctor_of(principal, patient.id))))
+    return rows.in_care_team(session, is_doctor_of(principal, patient.id))
 
 
 def _may_see(session: Session, principal: Principal, patient: Patient) -> bool:
     """Whoever may see one of the patient's studies (an admin only under break-glass)."""
     if principal.role == "system":
         return True
-    found = session.scalar(
-        select(Study.id).where(Study.patient_pk == patient.id, visible_studies(principal)).limit(1)
-    )
-    return found is not None
+    return has_visible_study(session, patient.id, visible_studies(principal))
 
 
 def show(gate: Gate, principal: Principal, patient_id: str) -> CareTeam:
@@ -61,18 +60,8 @@ def show(gate: Gate, principal: Principal, patient_id: str) -> CareTeam:
         if not _may_see(session, principal, patient):
             gate.denied(principal, "careteam-show", patient_pk=patient.id, patient_id=patient_id)
             raise NotFoundError(f"no patient {patient_id!r}")
-        sites = session.execute(
-            select(Site.name, CareSite.since, CareSite.last_involved_at)
-            .join(Site, Site.id == CareSite.site_id)
-            .where(CareSite.patient_pk == patient.id)
-            .order_by(Site.name)
-        ).all()
-        doctors = session.execute(
-            select(User.username, User.full_name, CareTeamDoctor.last_involved_at)
-            .join(User, User.id == CareTeamDoctor.user_pk)
-            .where(CareTeamDoctor.patient_pk == patient.id)
-            .order_by(User.username)
-        ).all()
+        sites = rows.care_sites_of(session, patient.id)
+        doctors = rows.care_doctors_of(session, patient.id)
     gate.read(principal, "careteam-show", patient_pk=patient.id, patient_id=patient_id)
     return CareTeam(
         patient_id,
@@ -99,20 +88,9 @@ def change_doctor(
         if doctor.role != "doctor":
             raise InvalidInputError(f"{username} is a {doctor.role}, not a doctor")
         if add:
-            if session.get(CareTeamDoctor, (patient.id, doctor.id)) is None:
-                now = utcnow()
-                session.add(
-                    CareTeamDoctor(
-                        patient_pk=patient.id, user_pk=doctor.id, since=now, last_involved_at=now
-                    )
-                )
+            rows.add_care_doctor(session, patient.id, doctor.id)
         else:
-            session.execute(
-                delete(CareTeamDoctor).where(
-                    CareTeamDoctor.patient_pk == patient.id, CareTeamDoctor.user_pk == doctor.id
-                )
-            )
-        session.flush()
+            rows.remove_care_doctor(session, patient.id, doctor.id)
         gate.audit.append(
             session,
             gate.event(
@@ -131,9 +109,9 @@ def share_study(
     if not 0 < days <= gate.settings.max_share_days:
         raise InvalidInputError(f"days must be between 0 and {gate.settings.max_share_days}")
     with gate.catalog.transaction() as session:
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        allowed = study is not None and session.scalar(
-            select(is_doctor_of(principal, study.patient_pk))
+        study = study_named(session, study_uid)
+        allowed = study is not None and rows.in_care_team(
+            session, is_doctor_of(principal, study.patient_pk)
         )
         if study is None or not allowed:
             if study is not None:
@@ -143,18 +121,14 @@ def share_study(
         if user.role != "expert":
             raise InvalidInputError(f"{expert} is a {user.role}; studies are shared with experts")
         expires = utcnow() + timedelta(days=days)
-        session.add(
-            Share(
-                study_pk=study.id,
-                patient_pk=study.patient_pk,
-                expert_pk=user.id,
-                granted_by_pk=principal.user_pk,
-                created_at=utcnow(),
-                expires_at=expires,
-                revoked=False,
-            )
+        rows.add_share(
+            session,
+            study_pk=study.id,
+            patient_pk=study.patient_pk,
+            expert_pk=user.id,
+            granted_by_pk=principal.user_pk,
+            expires_at=expires,
         )
-        session.flush()
         gate.audit.append(
             session,
             gate.event(
@@ -172,16 +146,9 @@ def shares_of(gate: Gate, principal: Principal) -> list[dict[str, object]]:
     """An expert's shares (with time left), or the shares a doctor granted."""
     now = utcnow()
     with gate.catalog.session() as session:
-        column = Share.expert_pk if principal.role == "expert" else Share.granted_by_pk
-        rows = session.execute(
-            select(Share, Study.study_instance_uid, Study.study_description, User.username)
-            .join(Study, Study.id == Share.study_pk)
-            .join(User, User.id == Share.expert_pk)
-            .where(column == principal.user_pk, Share.revoked.is_(False))
-            .order_by(Share.expires_at)
-        ).all()
+        shares = rows.shares_of(session, principal.user_pk, as_expert=principal.role == "expert")
     out: list[dict[str, object]] = []
-    for share, uid, description, expert in rows:
+    for share, uid, description, expert in shares:
         expires = as_utc(share.expires_at)
         out.append(
             {
@@ -207,16 +174,13 @@ def break_glass(gate: Gate, principal: Principal, patient_id: str, reason: str) 
     with gate.catalog.transaction() as session:
         patient = _patient(session, patient_id)
         expires = utcnow() + timedelta(minutes=gate.settings.break_glass_minutes)
-        session.add(
-            BreakGlass(
-                user_pk=principal.user_pk,
-                patient_pk=patient.id,
-                reason=reason[:1024],
-                created_at=utcnow(),
-                expires_at=expires,
-            )
+        rows.add_break_glass(
+            session,
+            user_pk=principal.user_pk,
+            patient_pk=patient.id,
+            reason=reason[:1024],
+            expires_at=expires,
         )
-        session.flush()
         gate.audit.append(
             session,
             gate.event(

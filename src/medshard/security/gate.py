@@ -12,19 +12,20 @@ process drops the entry at once, in another process within ``CACHE_S``.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import CareTeamDoctor
-from medshard.catalog.db import transaction_scratch
-from medshard.catalog.models import CareSite, Instance, Patient, Site, Study, utcnow
+from medshard.catalog.care_team import involve
+from medshard.catalog.lookups import patient_pk_of
+from medshard.catalog.models import CareSite, Instance, Study, utcnow
+from medshard.catalog.studies import patient_pk_of_study, visible_study
+from medshard.catalog.users import site_name_of
 from medshard.cluster.archive import Archive
 from medshard.errors import AccessDeniedError, AuthenticationError, NotFoundError
 from medshard.security import tokens
@@ -84,7 +85,7 @@ class Gate:
         name = self._site_names.get(pk)
         if name is None:  # site names never change; a site is never renumbered
             with self.catalog.session() as session:
-                name = session.scalar(select(Site.name).where(Site.id == pk))
+                name = site_name_of(session, pk)
             if name is None:
                 return None
             self._site_names[pk] = name
@@ -253,11 +254,7 @@ class Gate:
     def study_visible(self, principal: Principal, study_uid: str) -> Study:
         """The study, when the caller may see it; 404 (audited) otherwise, alike for both."""
         with self.catalog.session() as session:
-            study = session.scalar(
-                select(Study).where(
-                    Study.study_instance_uid == study_uid, visible_studies(principal)
-                )
-            )
+            study = visible_study(session, study_uid, visible_studies(principal))
             if study is not None:
                 return study
         self.not_visible(principal, "read", study_uid=study_uid)
@@ -266,9 +263,7 @@ class Gate:
     def not_visible(self, principal: Principal, action: str, *, study_uid: str) -> None:
         """Audit a lookup that found nothing visible: denied when the study exists."""
         with self.catalog.session() as session:
-            patient_pk = session.scalar(
-                select(Study.patient_pk).where(Study.study_instance_uid == study_uid)
-            )
+            patient_pk = patient_pk_of_study(session, study_uid)
         if patient_pk is not None:
             self.denied(principal, action, patient_pk=patient_pk, study_uid=study_uid)
 
@@ -289,9 +284,9 @@ class Gate:
 
         def hook(session: Session, patient_pk: int, instance: Instance, fields: Any) -> None:
             if site is not None:
-                _involve(session, CareSite, patient_pk=patient_pk, site_id=site)
+                involve(session, CareSite, patient_pk=patient_pk, site_id=site)
             if principal.role == "doctor" and principal.user_pk is not None:
-                _involve(session, CareTeamDoctor, patient_pk=patient_pk, user_pk=principal.user_pk)
+                involve(session, CareTeamDoctor, patient_pk=patient_pk, user_pk=principal.user_pk)
             self.audit.append_at_commit(
                 session,
                 self.event(
@@ -311,47 +306,17 @@ class Gate:
         patient_pk = None
         if study_uid:
             with self.catalog.session() as session:
-                patient_pk = session.scalar(
-                    select(Study.patient_pk).where(Study.study_instance_uid == study_uid)
-                )
+                patient_pk = patient_pk_of_study(session, study_uid)
         self.audit.submit(
             self.event(principal, "store", outcome="failed", patient_pk=patient_pk, detail=reason)
         )
 
     def patient_pk(self, patient_id: str) -> int:
         with self.catalog.session() as session:
-            pk = session.scalar(select(Patient.id).where(Patient.patient_id == patient_id))
+            pk = patient_pk_of(session, patient_id)
         if pk is None:
             raise NotFoundError(f"no patient {patient_id!r}")
         return pk
-
-
-def _involve(session: Session, table: type[CareSite] | type[CareTeamDoctor], **key: int) -> None:
-    """Record involvement in a care team now: refresh the row's time, or add the row.
-
-    Once per transaction: a group commit of a series' slices touches the row once."""
-    done_here = transaction_scratch(session).setdefault("involved", set())
-    marker = (table.__name__, *sorted(key.items()))
-    if marker in done_here:
-        return
-    done_here.add(marker)
-    now = utcnow()
-    refresh, add = _involvement_statements(table, tuple(key))
-    conn = session.connection()  # Core, as on the rest of the write path
-    done = conn.execute(refresh, {**{f"k_{c}": v for c, v in key.items()}, "now": now})
-    if not done.rowcount:
-        conn.execute(add, [{**key, "since": now, "last_involved_at": now}])
-
-
-@functools.cache
-def _involvement_statements(
-    table: type[CareSite] | type[CareTeamDoctor], columns: tuple[str, ...]
-) -> tuple[Any, Any]:
-    """(refresh the time, add the row), built once per table: statements built per store cost
-    SQLAlchemy more than running them."""
-    where = [getattr(table, c) == bindparam(f"k_{c}") for c in columns]
-    refresh = update(table).where(*where).values(last_involved_at=bindparam("now"))
-    return refresh, insert(table)
 
 
 def expiry(days: float = 0, minutes: float = 0) -> datetime:

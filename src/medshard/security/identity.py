@@ -1,8 +1,8 @@
 """Users, sites of users, and DICOM peers: the identities authorization is decided for.
 
-Catalog access for identities lives here, beside the rules that keep them sane: a doctor
-works at one or more sites, a service account belongs to exactly one site, a patient-role
-user names their own patient record, an admin has neither.
+The rules that keep them sane live here: a doctor works at one or more sites, a service
+account belongs to exactly one site, a patient-role user names their own patient record, an
+admin has neither. Their rows are read and written by :mod:`medshard.catalog.users`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from medshard.catalog.access_models import DicomPeer, User, UserSite
-from medshard.catalog.models import Site
+from medshard.catalog import users as rows
+from medshard.catalog.access_models import User
+from medshard.catalog.models import utcnow
 from medshard.errors import InvalidInputError, NotFoundError
 from medshard.security.passwords import hash_password
 from medshard.security.principal import USER_ROLES, Principal, Role
@@ -40,19 +40,16 @@ def site_pk(session: Session, name: str, *, create: bool = True) -> int:
     name = name.strip()
     if not name or len(name) > 64:
         raise InvalidInputError("a site name needs 1 to 64 characters")
-    found = session.scalar(select(Site.id).where(Site.name == name))
+    found = rows.site_pk_named(session, name)
     if found is not None:
         return found
     if not create:
         raise NotFoundError(f"no site named {name!r}")
-    site = Site(name=name)
-    session.add(site)
-    session.flush()
-    return site.id
+    return rows.add_site(session, name)
 
 
 def get_user(session: Session, username: str) -> User:
-    user = session.scalar(select(User).where(User.username == username))
+    user = rows.user_named(session, username)
     if user is None:
         raise NotFoundError(f"no user {username!r}")
     return user
@@ -74,7 +71,7 @@ def add_user(
         raise InvalidInputError("a username needs 1 to 128 characters and no spaces")
     if role not in USER_ROLES:
         raise InvalidInputError(f"role must be one of {', '.join(USER_ROLES)}, not {role!r}")
-    if session.scalar(select(User.id).where(User.username == username)) is not None:
+    if rows.user_pk_named(session, username) is not None:
         raise InvalidInputError(f"user {username!r} already exists")
     if role == "service" and len(sites) != 1:
         raise InvalidInputError("a service account belongs to exactly one site (--site)")
@@ -97,11 +94,7 @@ def add_user(
         disabled=False,
         failed_logins=0,
     )
-    session.add(user)
-    session.flush()
-    if role != "service":
-        session.add_all(UserSite(user_pk=user.id, site_id=pk) for pk in pks)
-        session.flush()
+    rows.add_user(session, user, pks if role != "service" else ())
     return user
 
 
@@ -119,7 +112,7 @@ def set_disabled(session: Session, username: str, disabled: bool = True) -> None
 def user_sites(session: Session, user: User) -> frozenset[int]:
     if user.role == "service":
         return frozenset([user.site_id]) if user.site_id is not None else frozenset()
-    return frozenset(session.scalars(select(UserSite.site_id).where(UserSite.user_pk == user.id)))
+    return rows.work_site_pks(session, user.id)
 
 
 def principal_of(
@@ -138,12 +131,10 @@ def principal_of(
 
 
 def list_users(session: Session) -> list[UserInfo]:
-    from medshard.catalog.models import utcnow
-
-    names = dict(session.execute(select(Site.id, Site.name)).tuples().all())
+    names = rows.site_names_by_pk(session)
     now = utcnow()
     result = []
-    for user in session.scalars(select(User).order_by(User.username)):
+    for user in rows.users_by_name(session):
         locked = user.locked_until is not None and as_utc(user.locked_until) > now
         result.append(
             UserInfo(
@@ -175,37 +166,28 @@ def allow_peer(session: Session, ae_title: str, username: str) -> None:
     user = get_user(session, username)
     if user.role != "service":
         raise InvalidInputError(f"an AE title acts as a service account, not a {user.role}")
-    session.execute(delete(DicomPeer).where(DicomPeer.ae_title == ae))
-    session.add(DicomPeer(ae_title=ae, user_pk=user.id))
+    rows.replace_peer(session, ae, user.id)
 
 
 def remove_peer(session: Session, ae_title: str) -> None:
-    if not session.execute(delete(DicomPeer).where(DicomPeer.ae_title == ae_title.strip())):
-        raise NotFoundError(f"no DICOM peer {ae_title!r}")
+    """Stop accepting a calling AE title; NotFoundError if it was not allowed (a typo must
+    not pass for a removal)."""
+    if not rows.delete_peer(session, ae_title.strip()):
+        raise NotFoundError(f"AE title {ae_title.strip()!r} is not an allowed calling AE")
 
 
 def peers(session: Session) -> dict[str, str]:
     """Allowed calling AE titles and the service account each acts as."""
-    rows = session.execute(
-        select(DicomPeer.ae_title, User.username).join(User, User.id == DicomPeer.user_pk)
-    )
-    return dict(rows.tuples().all())
+    return rows.peers(session)
 
 
 def peer_principal(session: Session, ae_title: str, source: str) -> Principal | None:
     """The service account a calling AE acts as; None when the AE is not allowed."""
-    user = session.scalar(
-        select(User)
-        .join(DicomPeer, DicomPeer.user_pk == User.id)
-        .where(DicomPeer.ae_title == ae_title.strip())
-    )
+    user = rows.peer_user(session, ae_title.strip())
     if user is None or user.disabled:
         return None
     return principal_of(session, user, source=source, via="dimse")
 
 
 def site_names(session: Session, pks: Iterable[int]) -> list[str]:
-    wanted = list(pks)
-    if not wanted:
-        return []
-    return sorted(session.scalars(select(Site.name).where(Site.id.in_(wanted))))
+    return rows.site_names_of(session, pks)

@@ -20,10 +20,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
-from medshard.catalog.access_models import AuditHead
-from medshard.catalog.models import Patient
+from medshard.catalog.audit_rows import audit_head
+from medshard.catalog.patient_keys import patients_with_keys
 from medshard.errors import ConfigError
 from medshard.security.audit import CHAIN_CONTEXT
 from medshard.security.gate import Gate
@@ -63,7 +61,7 @@ def rotate_master_key(gate: Gate, principal: Principal) -> Rotation:
     if new_path.exists():
         pending = LocalKeyFileProvider(new_path)
         with gate.catalog.session() as session:
-            head = session.get(AuditHead, 1)
+            head = audit_head(session)
         if head is not None and head.master_key_id == pending.key_id:
             os.replace(new_path, current_path)  # finish an interrupted rotation
             return Rotation(old.key_id, pending.key_id, 0)
@@ -73,14 +71,14 @@ def rotate_master_key(gate: Gate, principal: Principal) -> Rotation:
     count = 0
     with gate.catalog.transaction() as session:
         gate.audit.chain_key(session)  # unwrapped under the old key, before it is replaced
-        for patient in session.scalars(select(Patient).where(Patient.wrapped_key.is_not(None))):
+        for patient in patients_with_keys(session):
             assert patient.wrapped_key is not None
             context = patient_key_context(patient.patient_id)
             plain = old.unwrap(patient.wrapped_key, context)
             patient.wrapped_key = new.wrap(plain, context)
             patient.master_key_id = new.key_id
             count += 1
-        head = session.get(AuditHead, 1)
+        head = audit_head(session)
         if head is not None:
             chain = old.unwrap(head.wrapped_key, CHAIN_CONTEXT)
             head.wrapped_key = new.wrap(chain, CHAIN_CONTEXT)

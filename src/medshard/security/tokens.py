@@ -15,11 +15,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from medshard.catalog.access_models import ApiToken, AuthSession, User
+from medshard.catalog import auth_tokens as rows
+from medshard.catalog.access_models import User
 from medshard.catalog.models import utcnow
+from medshard.catalog.users import user_named, user_of_pk
 from medshard.config import Settings
 from medshard.errors import AuthenticationError, InvalidInputError, NotFoundError
 from medshard.security.identity import as_utc, get_user, principal_of
@@ -70,7 +71,7 @@ def login(
         Unknown user, wrong password, disabled or locked account; the message never says
         which, so that usernames cannot be probed.
     """
-    user = session.scalar(select(User).where(User.username == username))
+    user = user_named(session, username)
     now = utcnow()
     ok = verify_password(user.password_hash if user else None, password)
     if user is None or user.role == "service":
@@ -92,33 +93,27 @@ def login(
 def _open_session(session: Session, settings: Settings, user: User, source: str) -> TokenPair:
     now = utcnow()
     access, refresh = _new(ACCESS_PREFIX), _new(REFRESH_PREFIX)
-    session.add(
-        AuthSession(
-            user_pk=user.id,
-            access_hash=token_hash(access),
-            refresh_hash=token_hash(refresh),
-            created_at=now,
-            last_used_at=now,
-            access_expires_at=now + timedelta(seconds=settings.access_token_ttl_s),
-            refresh_expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
-            revoked=False,
-            source=source[:128],
-        )
+    rows.add_login_session(
+        session,
+        user_pk=user.id,
+        access_hash=token_hash(access),
+        refresh_hash=token_hash(refresh),
+        now=now,
+        access_expires_at=now + timedelta(seconds=settings.access_token_ttl_s),
+        refresh_expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+        source=source,
     )
-    session.flush()
     principal = principal_of(session, user, source=source)
     return TokenPair(access, refresh, settings.access_token_ttl_s, principal)
 
 
 def refresh(session: Session, settings: Settings, refresh_token: str, source: str) -> TokenPair:
     """Exchange a refresh token for a new pair; the old session ends (rotation)."""
-    row = session.scalar(
-        select(AuthSession).where(AuthSession.refresh_hash == token_hash(refresh_token))
-    )
+    row = rows.login_session_of_refresh(session, token_hash(refresh_token))
     now = utcnow()
     if row is None or row.revoked or as_utc(row.refresh_expires_at) <= now:
         raise AuthenticationError("the refresh token is invalid or expired; log in again")
-    user = session.get(User, row.user_pk)
+    user = user_of_pk(session, row.user_pk)
     if user is None or user.disabled:
         raise AuthenticationError("the account is disabled")
     row.revoked = True
@@ -127,12 +122,7 @@ def refresh(session: Session, settings: Settings, refresh_token: str, source: st
 
 def logout(session: Session, access_token: str) -> bool:
     """End the session of an access token; True when there was one."""
-    result = session.execute(
-        update(AuthSession)
-        .where(AuthSession.access_hash == token_hash(access_token))
-        .values(revoked=True)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return rows.end_login_session(session, token_hash(access_token))
 
 
 @dataclass(frozen=True)
@@ -156,18 +146,18 @@ def resolve(session: Session, settings: Settings, token: str) -> Resolved:
     now = utcnow()
     digest = token_hash(token)
     if token.startswith(API_PREFIX):
-        api = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+        api = rows.api_token_of(session, digest)
         if api is None or api.revoked_at is not None:
             raise AuthenticationError("the API token is unknown or revoked")
         expires = as_utc(api.expires_at) if api.expires_at is not None else None
         if expires is not None and expires <= now:
             raise AuthenticationError("the API token has expired")
-        user = session.get(User, api.user_pk)
+        user = user_of_pk(session, api.user_pk)
         if user is None or user.disabled:
             raise AuthenticationError("the account of this token is disabled")
         until = expires or now + timedelta(days=3650)
         return Resolved(principal_of(session, user, via="api-token"), until)
-    row = session.scalar(select(AuthSession).where(AuthSession.access_hash == digest))
+    row = rows.login_session_of_access(session, digest)
     if row is None or row.revoked:
         raise AuthenticationError("the access token is unknown or has been logged out")
     hard = as_utc(row.access_expires_at)
@@ -176,7 +166,7 @@ def resolve(session: Session, settings: Settings, token: str) -> Resolved:
         raise AuthenticationError("the access token has expired; refresh or log in again")
     if idle <= now:
         raise AuthenticationError("the session expired after inactivity; log in again")
-    user = session.get(User, row.user_pk)
+    user = user_of_pk(session, row.user_pk)
     if user is None or user.disabled:
         raise AuthenticationError("the account is disabled")
     return Resolved(
@@ -189,9 +179,7 @@ def resolve(session: Session, settings: Settings, token: str) -> Resolved:
 
 def touch(session: Session, session_pk: int) -> None:
     """Record use of a session (idle expiry counts from here)."""
-    session.execute(
-        update(AuthSession).where(AuthSession.id == session_pk).values(last_used_at=utcnow())
-    )
+    rows.touch_login_session(session, session_pk)
 
 
 def create_api_token(
@@ -202,32 +190,25 @@ def create_api_token(
     if user.role != "service":
         raise InvalidInputError("API tokens are for service accounts; people log in")
     token = _new(API_PREFIX)
-    session.add(
-        ApiToken(
-            user_pk=user.id,
-            name=name or "token",
-            token_hash=token_hash(token),
-            prefix=token[:12],
-            created_at=utcnow(),
-            expires_at=utcnow() + timedelta(days=days) if days else None,
-        )
+    rows.add_api_token(
+        session,
+        user_pk=user.id,
+        name=name or "token",
+        token_hash=token_hash(token),
+        prefix=token[:12],
+        expires_at=utcnow() + timedelta(days=days) if days else None,
     )
-    session.flush()
     return token
 
 
 def revoke_api_token(session: Session, token_or_prefix: str) -> int:
     """Revoke a token given whole or by its shown prefix; returns how many were revoked."""
     if token_or_prefix.startswith(API_PREFIX) and len(token_or_prefix) > 20:
-        where = ApiToken.token_hash == token_hash(token_or_prefix)
+        count = rows.revoke_api_tokens(session, token_hash=token_hash(token_or_prefix))
     elif len(token_or_prefix) >= 8:
-        where = ApiToken.prefix == token_or_prefix[:12]
+        count = rows.revoke_api_tokens(session, prefix=token_or_prefix[:12])
     else:
         raise InvalidInputError("give the whole token or its 12-character prefix")
-    result = session.execute(
-        update(ApiToken).where(where, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
-    )
-    count = int(result.rowcount)  # type: ignore[attr-defined]
     if not count:
         raise NotFoundError(f"no active API token {token_or_prefix[:12]}…")
     return count

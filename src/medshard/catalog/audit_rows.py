@@ -1,0 +1,96 @@
+"""The audit chain's rows: its head (one row), appends of events, and events in chain order.
+
+The chain itself (its key, each event's keyed hash, sealing the patient's part) is the
+security layer's (:mod:`medshard.security.audit`); here is only how the rows are read and
+written. An append is :func:`take_head`, then :func:`append_events` with the head they
+advance it to, in the caller's transaction: updating the head row first takes the
+database's row (on SQLite, write) lock, so concurrent writers in several processes still
+form one chain.
+
+Every append of the service runs these (a store's, a read's): they are Core statements on
+the session's connection, built once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy.orm import Session
+
+from medshard.catalog.access_models import AuditEvent, AuditHead
+
+# Built once: a statement built per append costs SQLAlchemy more than running it.
+_LOCK_HEAD = update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq)
+_READ_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)
+_INSERT_EVENTS = AuditEvent.__table__.insert()  # type: ignore[attr-defined]
+_WRITE_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+#: Events read per statement when walking the chain.
+_PAGE = 2000
+
+
+def audit_head(session: Session) -> AuditHead | None:
+    """The chain's head row, whole (its wrapped key included); None before ``init``."""
+    return session.get(AuditHead, 1)
+
+
+def add_audit_head(
+    session: Session, *, genesis: str, wrapped_key: bytes, master_key_id: str
+) -> None:
+    """Add the head row of an empty chain (a second one fails on its primary key)."""
+    session.add(
+        AuditHead(id=1, seq=0, hash=genesis, wrapped_key=wrapped_key, master_key_id=master_key_id)
+    )
+
+
+def take_head(conn: Connection) -> tuple[int, str]:
+    """Lock the head row until the transaction ends; its (sequence number, hash)."""
+    conn.execute(_LOCK_HEAD)
+    seq, prev = conn.execute(_READ_HEAD).one()
+    return seq, prev
+
+
+def append_events(conn: Connection, rows: list[dict[str, Any]], seq: int, hash_: str) -> None:
+    """Insert chained event rows and move the head to the last one's ``seq`` and ``hash_``."""
+    conn.execute(_INSERT_EVENTS, rows)
+    conn.execute(_WRITE_HEAD, {"new_seq": seq, "new_hash": hash_})
+
+
+def event_rows(
+    session: Session,
+    columns: Sequence[str],
+    *,
+    since: str | None = None,
+    tag: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Events in chain order (``columns`` of each, the first being ``seq``), optionally
+    from a time on, or of one patient (by tag); read a page at a time, with ``flagged`` as
+    a bool and ``sealed`` as bytes on every backend."""
+    last = 0
+    where = "seq > :last"
+    if since:
+        where += " AND at >= :since"
+    if tag is not None:
+        where += " AND patient_tag = :tag"
+    while True:
+        page = session.execute(
+            text(
+                f"SELECT {', '.join(columns)} FROM audit_events WHERE {where} "
+                f"ORDER BY seq LIMIT {_PAGE}"
+            ),
+            {"last": last, "since": since, "tag": tag},
+        ).all()
+        if not page:
+            return
+        for values in page:
+            row = dict(zip(columns, values, strict=True))
+            row["flagged"] = bool(row["flagged"])
+            if isinstance(row["sealed"], memoryview):
+                row["sealed"] = bytes(row["sealed"])
+            yield row
+        last = page[-1][0]
