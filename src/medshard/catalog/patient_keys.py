@@ -13,21 +13,16 @@ from sqlalchemy import Connection, ScalarResult, bindparam, select
 from sqlalchemy.orm import Session
 
 from medshard.catalog.models import Patient
-from medshard.catalog.writes import PatientKeyRow
+from medshard.catalog.writes import PatientKeyRow, patient_key_row_by_pk
 
 _PATIENT_ID_OF = select(Patient.patient_id).where(Patient.id == bindparam("pk"))
-_KEY_OF_PATIENT = select(
-    Patient.id, Patient.patient_id, Patient.shard, Patient.wrapped_key, Patient.master_key_id
-).where(Patient.id == bindparam("pk"))
 
 
 def key_row_of(conn: Connection, patient_pk: int) -> PatientKeyRow | None:
     """A patient's key row by row key; None when there is no such patient, or their key
     was shredded (the patient erased)."""
-    row = conn.execute(_KEY_OF_PATIENT, {"pk": patient_pk}).first()
-    if row is None or row.wrapped_key is None:
-        return None
-    return PatientKeyRow(*row)
+    row = patient_key_row_by_pk(conn, patient_pk)
+    return row if row is not None and row.wrapped_key is not None else None
 
 
 def patient_id_of_pk(conn: Connection, patient_pk: int) -> str | None:

@@ -112,6 +112,16 @@ def patient_key_row(conn: Connection | Session, patient_id: str) -> PatientKeyRo
     return PatientKeyRow(*row) if row is not None else None
 
 
+_PATIENT_KEY_ROW_BY_PK = select(*_PATIENT_KEY_COLUMNS).where(Patient.id == bindparam("pk"))
+
+
+def patient_key_row_by_pk(conn: Connection | Session, patient_pk: int) -> PatientKeyRow | None:
+    """The key row of a patient by row key (None: no such row): what reading the patient's
+    objects, or sealing their identity into an audit event, needs."""
+    row = conn.execute(_PATIENT_KEY_ROW_BY_PK, {"pk": patient_pk}).first()
+    return PatientKeyRow(*row) if row is not None else None
+
+
 def ensure_patient(
     session: Session, patient: PatientValues, *, shard: int, wrapped_key: bytes, key_id: str
 ) -> PatientKeyRow:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, select, update
-
-from medshard.catalog.access_models import ChunkDeletion
+from medshard.catalog.deletion_queue import pending_deletions, queued_deletions, settle_deletions
 from medshard.cluster.archive import Archive
 from medshard.errors import MedshardError, NotFoundError
 
@@ -21,11 +19,7 @@ log = logging.getLogger(__name__)
 def drain_deletions(archive: Archive, limit: int = 5000) -> tuple[int, int]:
     """Send queued chunk DELETEs; returns (done, still pending)."""
     with archive.catalog.session() as session:
-        rows = session.execute(
-            select(ChunkDeletion.id, ChunkDeletion.chunk_id, ChunkDeletion.node_pk)
-            .order_by(ChunkDeletion.id)
-            .limit(limit)
-        ).all()
+        rows = queued_deletions(session, limit)
     done: list[int] = []
     failed: list[int] = []
     for pk, chunk_id, node_pk in rows:
@@ -43,14 +37,7 @@ def drain_deletions(archive: Archive, limit: int = 5000) -> tuple[int, int]:
         else:
             done.append(pk)
     with archive.catalog.transaction() as session:
-        if done:
-            session.execute(delete(ChunkDeletion).where(ChunkDeletion.id.in_(done)))
-        if failed:
-            session.execute(
-                update(ChunkDeletion)
-                .where(ChunkDeletion.id.in_(failed))
-                .values(attempts=ChunkDeletion.attempts + 1)
-            )
+        settle_deletions(session, done, failed)
     with archive.catalog.session() as session:
-        pending = len(session.execute(select(ChunkDeletion.id).limit(100_000)).all())
+        pending = pending_deletions(session)
     return len(done), pending

@@ -22,10 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
-
 from medshard.catalog.db import Catalog, migrate
-from medshard.catalog.models import Node
+from medshard.catalog.topology_rows import set_node_url
 from medshard.cluster.backup_format import BackupSeal, manifest_name, parse_blob_name, unpack_files
 from medshard.config import CONFIG_NAME, load_settings
 from medshard.errors import (
@@ -246,10 +244,7 @@ def _update_node_urls(home: Path, nodes: list[tuple[str, str]]) -> list[str]:
     try:
         with catalog.transaction() as session:
             for name, url in nodes:
-                result = session.execute(
-                    update(Node).where(Node.name == name, Node.url != url).values(url=url)
-                )
-                if getattr(result, "rowcount", 0):
+                if set_node_url(session, name, url):
                     changed.append(name)
     finally:
         catalog.dispose()

@@ -30,10 +30,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-
 from medshard import metrics
-from medshard.catalog.models import CareSite, Patient, Replica
+from medshard.catalog.care_sites import care_sites_added_since
+from medshard.catalog.replicas import bad_replica_count
 from medshard.cluster.archive import Archive
 from medshard.cluster.compaction import CompactionTotals, compaction_summary
 from medshard.cluster.deletions import drain_deletions
@@ -172,7 +171,7 @@ class HealthMonitor:
 
     def _bad_copies(self) -> int:
         with self.archive.catalog.session() as session:
-            return int(session.scalar(select(func.count()).where(Replica.state != "ok")) or 0)
+            return bad_replica_count(session)
 
     def _repair(self, start_shard: int, *, at_risk_first: bool = False) -> RepairReport:
         report = repair(
@@ -206,11 +205,7 @@ class HealthMonitor:
         for failure in moved.failures[:3]:
             log.warning("drain: %s", failure)
         with self.archive.catalog.session() as session:
-            changed = session.execute(
-                select(CareSite.patient_pk, CareSite.since, Patient.created_at)
-                .join(Patient, Patient.id == CareSite.patient_pk)
-                .where(CareSite.since > self._care_cursor)
-            ).all()
+            changed = care_sites_added_since(session, self._care_cursor)
         to_migrate: set[int] = set()
         for patient_pk, since, created in changed:
             moment, born = _aware(since), _aware(created)

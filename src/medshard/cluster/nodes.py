@@ -21,11 +21,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import Coordinate as CoordinateRow
-from medshard.catalog.models import Node, Site
+from medshard.catalog.topology_rows import (
+    all_nodes,
+    coordinate_named,
+    new_node,
+    new_site,
+    node_named,
+    save_coordinate,
+    save_node_health,
+    site_locations,
+    site_named,
+)
 from medshard.cluster.health import (
     HealthEvent,
     NodeState,
@@ -129,15 +136,15 @@ def aware(moment: datetime | None) -> datetime | None:
 def register_node(catalog: Catalog, *, name: str, url: str, site: str, capacity_bytes: int) -> None:
     """Add or update a node (and its site) in the catalog."""
     with catalog.transaction() as session:
-        site_row = session.scalar(select(Site).where(Site.name == site))
+        site_row = site_named(session, site)
         if site_row is None:
-            site_row = Site(name=site)
-            session.add(site_row)
+            site_row = new_site(session, site)
             session.flush()
-        node = session.scalar(select(Node).where(Node.name == name))
+        node = node_named(session, name)
         if node is None:
-            node = Node(name=name, url=url, site_id=site_row.id, capacity_bytes=capacity_bytes)
-            session.add(node)
+            new_node(
+                session, name=name, url=url, site_id=site_row.id, capacity_bytes=capacity_bytes
+            )
         else:
             node.url, node.site_id, node.capacity_bytes = url, site_row.id, capacity_bytes
 
@@ -180,23 +187,18 @@ class NodePool:
         self.site_views: dict[str, SiteView] = {}
         self.reload()
         with self.catalog.session() as session:
-            row = session.get(CoordinateRow, SERVICE_COORDINATE)
+            row = coordinate_named(session, SERVICE_COORDINATE)
             if row is not None:
                 self.coordinate = Coordinate(row.x, row.y, row.h, row.error)
 
     def reload(self) -> None:
         """Pick up nodes registered since (e.g. a node process started later)."""
         with self.catalog.session() as session:
-            rows = session.scalars(select(Node)).all()
             facts = [
                 (r.id, r.name, r.url, r.site.name, r.capacity_bytes, NodeState(r.state), r)
-                for r in rows
+                for r in all_nodes(session)
             ]
-            locations: dict[str, tuple[float, float]] = {
-                s.name: (s.latitude, s.longitude)
-                for s in session.scalars(select(Site)).all()
-                if s.latitude is not None and s.longitude is not None
-            }
+            locations = site_locations(session)
         with self._lock:
             for name in set(self.nodes) - {f[1] for f in facts}:  # removed by an admin
                 self.nodes.pop(name).client.close()
@@ -340,27 +342,21 @@ class NodePool:
     def _persist(self, handles: list[NodeHandle]) -> None:
         with self.catalog.transaction() as session:
             for handle in handles:
-                row = session.get(Node, handle.pk)
-                if row is None:
-                    continue
-                row.state = handle.state.value
-                row.reliability = handle.reliability
                 c = handle.coordinate
-                row.coord_x, row.coord_y, row.coord_h, row.coord_error = c.x, c.y, c.h, c.error
-                row.rtt_ms = handle.rtt_ms
-                if handle.last_seen is not None:
-                    row.last_seen = handle.last_seen
-                    row.used_bytes = handle.used_bytes
-                    row.chunk_count = handle.chunks
-                else:
-                    handle.last_seen = aware(row.last_seen)
-            mine = session.get(CoordinateRow, SERVICE_COORDINATE)
-            if mine is None:
-                mine = CoordinateRow(name=SERVICE_COORDINATE)
-                session.add(mine)
+                seen = handle.last_seen
+                saved = save_node_health(
+                    session,
+                    handle.pk,
+                    state=handle.state.value,
+                    reliability=handle.reliability,
+                    coordinate=(c.x, c.y, c.h, c.error),
+                    rtt_ms=handle.rtt_ms,
+                    seen=None if seen is None else (seen, handle.used_bytes, handle.chunks),
+                )
+                if seen is None:
+                    handle.last_seen = aware(saved)
             c = self.coordinate
-            mine.x, mine.y, mine.h, mine.error = c.x, c.y, c.h, c.error
-            mine.updated_at = datetime.now(UTC)
+            save_coordinate(session, SERVICE_COORDINATE, (c.x, c.y, c.h, c.error))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

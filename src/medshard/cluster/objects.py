@@ -29,13 +29,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session, lazyload, selectinload
+from sqlalchemy.orm import Session
 
 from medshard import metrics
 from medshard.catalog.db import Catalog
-from medshard.catalog.models import Chunk, Instance, Patient, Replica, StoredObject
-from medshard.catalog.writes import ObjectRow, PatientKeyRow, insert_object
+from medshard.catalog.models import Chunk, Replica, StoredObject
+from medshard.catalog.replicas import set_replica_state
+from medshard.catalog.stored_objects import object_key_of_instance, object_with_replicas
+from medshard.catalog.writes import (
+    ObjectRow,
+    PatientKeyRow,
+    insert_object,
+    patient_key_row_by_pk,
+)
 from medshard.cluster.nodes import NodePool
 from medshard.cluster.placement import (
     CareAwarePlacement,
@@ -68,11 +74,6 @@ log = logging.getLogger(__name__)
 
 #: Chunks of one object fetched at once when it is read (each up to ``chunk_size`` bytes).
 READ_AHEAD = 4
-
-
-_KEY_OF_PATIENT = select(
-    Patient.id, Patient.patient_id, Patient.shard, Patient.wrapped_key, Patient.master_key_id
-).where(Patient.id == bindparam("pk"))
 
 
 def shard_of(patient_id: str, shards: int) -> int:
@@ -353,33 +354,19 @@ class ObjectStore:
     def load(self, object_key: str) -> tuple[StoredObject, bytes]:
         """The object's row (chunks and replicas loaded) and its data key."""
         with self.catalog.session() as session:
-            # chunks and their replicas in two more queries, not one per chunk; readers rank
-            # replicas by node pk through the pool, so the nodes' rows are not loaded
-            obj = session.scalar(
-                select(StoredObject)
-                .where(StoredObject.object_key == object_key)
-                .options(
-                    lazyload("*"),
-                    selectinload(StoredObject.chunks)
-                    .selectinload(Chunk.replicas)
-                    .lazyload(Replica.node),
-                )
-            )
+            obj = object_with_replicas(session, object_key)
             if obj is None:
                 raise NotFoundError(f"object {object_key} not found")
-            row = session.connection().execute(_KEY_OF_PATIENT, {"pk": obj.patient_pk}).one()
-            patient = PatientKeyRow(*row)
+            patient = patient_key_row_by_pk(session.connection(), obj.patient_pk)
+            if patient is None:  # the object's patient row went (erased) since the lookup
+                raise NotFoundError(f"object {object_key} not found")
             data_key = unwrap_data_key(self.patient_key(patient), obj.wrapped_key, object_key)
             return obj, data_key
 
     def load_key_of_instance(self, sop_instance_uid: str) -> str:
         """The object key holding a DICOM instance's bytes."""
         with self.catalog.session() as session:
-            key = session.scalar(
-                select(StoredObject.object_key)
-                .join(Instance, Instance.object_pk == StoredObject.id)
-                .where(Instance.sop_instance_uid == sop_instance_uid)
-            )
+            key = object_key_of_instance(session, sop_instance_uid)
         if key is None:
             raise NotFoundError(f"no instance with SOP Instance UID {sop_instance_uid}")
         return key
@@ -537,6 +524,4 @@ class ObjectStore:
 
     def _mark_replica(self, replica_pk: int, state: str) -> None:
         with self.catalog.transaction() as session:
-            replica = session.get(Replica, replica_pk)
-            if replica is not None:
-                replica.state = state
+            set_replica_state(session, replica_pk, state)

@@ -23,11 +23,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import selectinload
-
-from medshard.catalog.access_models import ChunkDeletion
-from medshard.catalog.models import Chunk, Node, Replica, StoredObject
+from medshard.catalog.chunks import (
+    chunk_exists,
+    chunks_after,
+    chunks_of_patient,
+    chunks_on_node,
+    last_chunk_pk,
+)
+from medshard.catalog.models import Chunk
+from medshard.catalog.replicas import add_or_restore_replica, copies_on_nodes, switch_out_replica
+from medshard.catalog.topology_rows import mark_drained
 from medshard.cluster.archive import Archive
 from medshard.cluster.care import care_sites_of
 from medshard.cluster.health import NodeState
@@ -81,20 +86,11 @@ def move_copy(
         report.failures.append(f"copy of {chunk.chunk_id[:12]} to {target}: {exc}")
         return False
     with archive.catalog.transaction() as session:
-        if session.scalar(select(Chunk.id).where(Chunk.id == chunk.id)) is None:
+        if not chunk_exists(session, chunk.id):
             return False  # the object was erased meanwhile; the orphan copy is reconciled
-        exists = session.scalar(
-            select(Replica).where(Replica.chunk_pk == chunk.id, Replica.node_pk == handle.pk)
-        )
-        if exists is None:
-            session.add(Replica(chunk_pk=chunk.id, node_pk=handle.pk, state="ok"))
-        else:
-            exists.state = "ok"
+        add_or_restore_replica(session, chunk.id, handle.pk)
         if source_pk is not None:
-            session.execute(
-                delete(Replica).where(Replica.chunk_pk == chunk.id, Replica.node_pk == source_pk)
-            )
-            session.add(ChunkDeletion(chunk_id=chunk.chunk_id, node_pk=source_pk))
+            switch_out_replica(session, chunk.id, chunk.chunk_id, source_pk)
     report.moved += 1
     report.bytes_moved += len(data)
     return True
@@ -109,17 +105,9 @@ def drain_step(archive: Archive, limiter: RateLimiter, *, batch: int = 200) -> M
         if handle.admin_state != "draining":
             continue
         with archive.catalog.session() as session:
-            chunks = session.scalars(
-                select(Chunk)
-                .join(Replica, Replica.chunk_pk == Chunk.id)
-                .where(Replica.node_pk == handle.pk)
-                .options(selectinload(Chunk.replicas), selectinload(Chunk.obj))
-                .limit(batch)
-            ).all()
+            chunks = chunks_on_node(session, handle.pk, limit=batch)
             if not chunks:
-                node = session.get(Node, handle.pk)
-                if node is not None and node.admin_state == "draining":
-                    node.admin_state = "drained"
+                if mark_drained(session, handle.pk):
                     session.commit()
                 handle.admin_state = "drained"
                 report.drained.append(handle.name)
@@ -161,12 +149,7 @@ def migrate_patient(archive: Archive, patient_pk: int, limiter: RateLimiter) -> 
     k = archive.settings.replicas
     with archive.catalog.session() as session:
         care = care_sites_of(session, patient_pk=patient_pk, limit=k)
-        chunks = session.scalars(
-            select(Chunk)
-            .join(StoredObject, StoredObject.id == Chunk.object_pk)
-            .where(StoredObject.patient_pk == patient_pk)
-            .options(selectinload(Chunk.replicas), selectinload(Chunk.obj))
-        ).all()
+        chunks = chunks_of_patient(session, patient_pk)
     if not care:
         return report
     nearest = placement if isinstance(placement, CareAwarePlacement) else CareAwarePlacement()
@@ -205,10 +188,7 @@ def _ranked(key: str, views: list[NodeView]) -> list[NodeView]:
 def _drop_copy(archive: Archive, chunk_pk: int, chunk_id: str, node_pk: int) -> None:
     """Switch a copy out of the catalog, then queue its DELETE on the node."""
     with archive.catalog.transaction() as session:
-        session.execute(
-            delete(Replica).where(Replica.chunk_pk == chunk_pk, Replica.node_pk == node_pk)
-        )
-        session.add(ChunkDeletion(chunk_id=chunk_id, node_pk=node_pk))
+        switch_out_replica(session, chunk_pk, chunk_id, node_pk)
 
 
 def pending_drain(archive: Archive) -> int:
@@ -217,7 +197,7 @@ def pending_drain(archive: Archive) -> int:
     if not draining:
         return 0
     with archive.catalog.session() as session:
-        return int(session.scalar(select(func.count()).where(Replica.node_pk.in_(draining))) or 0)
+        return copies_on_nodes(session, draining)
 
 
 def rebalance_chunks(
@@ -243,13 +223,7 @@ def rebalance_chunks(
     policy = archive.store.placement
     placement = policy if isinstance(policy, CareAwarePlacement) else CareAwarePlacement()
     with archive.catalog.session() as session:
-        chunks = session.scalars(
-            select(Chunk)
-            .where(Chunk.id > after)
-            .order_by(Chunk.id)
-            .options(selectinload(Chunk.replicas), selectinload(Chunk.obj))
-            .limit(batch)
-        ).all()
+        chunks = chunks_after(session, after, limit=batch)
         if not chunks:
             return report, None
         care: dict[int, list[str]] = {}
@@ -356,7 +330,7 @@ class Rebalancer:
     def request(self) -> None:
         """Start a pass from the first chunk (an admin asked, or the topology changed)."""
         with self.archive.catalog.session() as session:
-            self.until = int(session.scalar(select(func.max(Chunk.id))) or 0)
+            self.until = last_chunk_pk(session)
         self.cursor = 0 if self.until else None
         if self.cursor is None:
             self.passes += 1  # nothing stored yet: nothing to move

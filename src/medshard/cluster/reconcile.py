@@ -19,17 +19,19 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-
-from medshard.catalog.access_models import ChunkDeletion
-from medshard.catalog.models import Chunk, Replica
+from medshard.catalog.deletion_queue import chunk_ids_queued_for
+from medshard.catalog.replicas import (
+    add_or_restore_replica,
+    mark_replicas,
+    replica_ids_on_node,
+    replicas_of_chunk_ids,
+)
 from medshard.cluster.archive import Archive
 from medshard.cluster.nodes import NodeHandle
 from medshard.cluster.repair import copy_counts
 from medshard.errors import MedshardError
 
 log = logging.getLogger(__name__)
-_BATCH = 500
 
 
 @dataclass
@@ -65,22 +67,12 @@ class Reconciler:
         report.listed = len(on_node)
         catalog = self.archive.catalog
         with catalog.session() as session:
-            named = dict(
-                session.execute(
-                    select(Chunk.chunk_id, Replica.id)
-                    .join(Replica, Replica.chunk_pk == Chunk.id)
-                    .where(Replica.node_pk == handle.pk)
-                ).all()
-            )
-            queued = set(
-                session.scalars(
-                    select(ChunkDeletion.chunk_id).where(ChunkDeletion.node_pk == handle.pk)
-                )
-            )
+            named = replica_ids_on_node(session, handle.pk)
+            queued = chunk_ids_queued_for(session, handle.pk)
         gone = [rid for cid, rid in named.items() if cid not in on_node]
         if gone:
             with catalog.transaction() as session:
-                session.execute(update(Replica).where(Replica.id.in_(gone)).values(state="missing"))
+                mark_replicas(session, gone, "missing")
             report.marked_missing = len(gone)
         report.kept = len(on_node) - len(set(on_node) - set(named))
         unnamed = sorted(on_node - set(named) - queued)
@@ -114,21 +106,16 @@ class Reconciler:
 
     def _healthy_counts(self, chunk_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
         """chunk id -> (chunk pk, healthy copies) for the ids the catalog knows."""
-        ids = list(chunk_ids)
         result: dict[str, tuple[int, int]] = {}
         pool = self.archive.pool
         with self.archive.catalog.session() as session:
-            for start in range(0, len(ids), _BATCH):
-                rows = session.execute(
-                    select(Chunk.chunk_id, Chunk.id, Replica.node_pk, Replica.state)
-                    .outerjoin(Replica, Replica.chunk_pk == Chunk.id)
-                    .where(Chunk.chunk_id.in_(ids[start : start + _BATCH]))
-                ).all()
-                for cid, chunk_pk, node_pk, state in rows:
-                    _pk, healthy = result.get(cid, (chunk_pk, 0))
-                    if state == "ok" and copy_counts(pool.by_pk(node_pk), dead_only=True):
-                        healthy += 1
-                    result[cid] = (chunk_pk, healthy)
+            rows = replicas_of_chunk_ids(session, list(chunk_ids))
+        for cid, chunk_pk, node_pk, state in rows:
+            _pk, healthy = result.get(cid, (chunk_pk, 0))
+            held = pool.by_pk(node_pk) if node_pk is not None else None  # None: no copy at all
+            if state == "ok" and copy_counts(held, dead_only=True):
+                healthy += 1
+            result[cid] = (chunk_pk, healthy)
         return result
 
     def _adopt(self, handle: NodeHandle, chunk_pk: int, chunk_id: str) -> bool:
@@ -138,11 +125,5 @@ class Reconciler:
         except MedshardError:
             return False
         with self.archive.catalog.transaction() as session:
-            existing = session.scalar(
-                select(Replica).where(Replica.chunk_pk == chunk_pk, Replica.node_pk == handle.pk)
-            )
-            if existing is None:
-                session.add(Replica(chunk_pk=chunk_pk, node_pk=handle.pk, state="ok"))
-            else:
-                existing.state = "ok"
+            add_or_restore_replica(session, chunk_pk, handle.pk)
         return True

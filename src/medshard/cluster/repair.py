@@ -24,10 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
-
-from medshard.catalog.models import Chunk, Replica, StoredObject
+from medshard.catalog.chunks import chunk_objects, chunks_of_shard, chunks_sharing_nodes
+from medshard.catalog.models import Chunk, Replica
+from medshard.catalog.replicas import (
+    add_or_restore_replica,
+    delete_replica,
+    ok_replica_nodes,
+    replicas_of_chunk,
+    set_replica_state,
+)
 from medshard.cluster.health import NodeState
 from medshard.cluster.nodes import NodeHandle
 from medshard.cluster.objects import ObjectStore
@@ -108,12 +113,10 @@ def under_replicated_objects(store: ObjectStore, *, dead_only: bool = False) -> 
     live: dict[int, int] = {}
     object_of: dict[int, int] = {}
     with store.catalog.session() as session:
-        for chunk_pk, object_pk in session.execute(select(Chunk.id, Chunk.object_pk)):
+        for chunk_pk, object_pk in chunk_objects(session):
             object_of[chunk_pk] = object_pk
             counts.setdefault(chunk_pk, 0)
-        for chunk_pk, node_pk in session.execute(
-            select(Replica.chunk_pk, Replica.node_pk).where(Replica.state == "ok")
-        ):
+        for chunk_pk, node_pk in ok_replica_nodes(session):
             if node_pk in counted:
                 counts[chunk_pk] = counts.get(chunk_pk, 0) + 1
             if node_pk in reachable:
@@ -177,17 +180,7 @@ def repair_at_risk(
     if len(gone) < 2 or k - AT_RISK_COPIES < 2:
         return
     with store.catalog.session() as session:
-        risky = (
-            select(Replica.chunk_pk)
-            .where(Replica.node_pk.in_(gone))
-            .group_by(Replica.chunk_pk)
-            .having(func.count() >= 2)
-        )
-        chunks = session.scalars(
-            select(Chunk)
-            .where(Chunk.id.in_(risky))
-            .options(selectinload(Chunk.replicas), selectinload(Chunk.obj))
-        ).all()
+        chunks = chunks_sharing_nodes(session, gone, copies=2)
     for chunk in chunks:
         if len(healthy_replicas(store, chunk, dead_only=dead_only)) > AT_RISK_COPIES:
             continue
@@ -208,12 +201,7 @@ def repair_shard(
     """Repair one shard: trim extras, then restore the chunks with the fewest copies first."""
     k = store.settings.replicas
     with store.catalog.session() as session:
-        chunks = session.scalars(
-            select(Chunk)
-            .join(StoredObject)
-            .where(StoredObject.shard == shard)
-            .options(selectinload(Chunk.replicas), selectinload(Chunk.obj))
-        ).all()
+        chunks = chunks_of_shard(session, shard)
     short: list[tuple[int, Chunk]] = []
     for chunk in chunks:
         report.chunks_checked += 1
@@ -242,7 +230,7 @@ def _restore(
     data = store.fetch_verified(chunk)
     pool = store.pool
     with store.catalog.session() as session:  # states may have changed during the fetch
-        replicas = session.scalars(select(Replica).where(Replica.chunk_pk == chunk.id)).all()
+        replicas = replicas_of_chunk(session, chunk.id)
     healthy_nodes: set[str] = set()
     holders: set[str] = set()
     bad: list[tuple[Replica, str]] = []
@@ -319,25 +307,15 @@ def _trim(store: ObjectStore, chunk: Chunk, extras: list[Replica], report: Repai
         except MedshardError:
             continue
         with store.catalog.transaction() as session:
-            row = session.get(Replica, replica.id)
-            if row is not None:
-                session.delete(row)
+            delete_replica(session, replica.id)
         report.extras_removed += 1
 
 
 def _set_state(store: ObjectStore, replica_pk: int, state: str) -> None:
     with store.catalog.transaction() as session:
-        row = session.get(Replica, replica_pk)
-        if row is not None:
-            row.state = state
+        set_replica_state(session, replica_pk, state)
 
 
 def _add_replica(store: ObjectStore, chunk_pk: int, node_pk: int) -> None:
     with store.catalog.transaction() as session:
-        existing = session.scalar(
-            select(Replica).where(Replica.chunk_pk == chunk_pk, Replica.node_pk == node_pk)
-        )
-        if existing is None:
-            session.add(Replica(chunk_pk=chunk_pk, node_pk=node_pk, state="ok"))
-        else:
-            existing.state = "ok"
+        add_or_restore_replica(session, chunk_pk, node_pk)

@@ -14,10 +14,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-
 from medshard import metrics
-from medshard.catalog.models import Chunk, Replica
+from medshard.catalog.replicas import mark_replicas, ok_replicas_after
 from medshard.cluster.archive import Archive
 from medshard.errors import ChecksumMismatchError, MedshardError, NotFoundError
 from medshard.storage.node_client import NodeClient
@@ -54,13 +52,7 @@ class Scrubber:
         pool = self.archive.pool
         while budget > 0:
             with self.archive.catalog.session() as session:
-                rows = session.execute(
-                    select(Replica.id, Replica.node_pk, Chunk.chunk_id, Chunk.size)
-                    .join(Chunk, Chunk.id == Replica.chunk_pk)
-                    .where(Replica.id > self.stats.cursor, Replica.state == "ok")
-                    .order_by(Replica.id)
-                    .limit(100)
-                ).all()
+                rows = ok_replicas_after(session, self.stats.cursor, limit=100)
             if not rows:
                 self._finish_pass()
                 break
@@ -97,7 +89,7 @@ class Scrubber:
 
     def _mark(self, replica_pk: int, state: str) -> None:
         with self.archive.catalog.transaction() as session:
-            session.execute(update(Replica).where(Replica.id == replica_pk).values(state=state))
+            mark_replicas(session, [replica_pk], state)
 
     def _finish_pass(self) -> None:
         now = time.monotonic()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-
-from medshard.catalog.models import Instance, Patient, Replica, StoredObject
+from medshard.catalog.replicas import bad_replica_count, replica_counts_per_node
+from medshard.catalog.totals import objects_per_shard, stored_totals
 from medshard.cluster.archive import Archive
 from medshard.cluster.compaction import compaction_summary, node_compaction
 from medshard.cluster.metadata_backup import backup_status
@@ -17,23 +16,10 @@ from medshard.cluster.vivaldi import relative_error
 def cluster_status(archive: Archive) -> dict[str, Any]:
     pool = archive.pool
     with archive.catalog.session() as session:
-        replica_counts = dict(
-            session.execute(
-                select(Replica.node_pk, func.count())
-                .where(Replica.state == "ok")
-                .group_by(Replica.node_pk)
-            ).all()
-        )
-        corrupt = session.scalar(select(func.count()).where(Replica.state != "ok")) or 0
-        objects = session.scalar(select(func.count(StoredObject.id))) or 0
-        stored_bytes = session.scalar(select(func.coalesce(func.sum(StoredObject.size), 0))) or 0
-        instances = session.scalar(select(func.count(Instance.id))) or 0
-        patients = session.scalar(select(func.count(Patient.id))) or 0
-        per_shard = dict(
-            session.execute(
-                select(StoredObject.shard, func.count()).group_by(StoredObject.shard)
-            ).all()
-        )
+        replica_counts = replica_counts_per_node(session, state="ok")
+        corrupt = bad_replica_count(session)
+        totals = stored_totals(session)
+        per_shard = objects_per_shard(session)
     nodes = []
     here = pool.coordinate
     errors: list[float] = []
@@ -68,10 +54,10 @@ def cluster_status(archive: Archive) -> dict[str, Any]:
     counts = list(per_shard.values())
     return {
         "nodes": nodes,
-        "objects": objects,
-        "instances": instances,
-        "patients": patients,
-        "stored_bytes": int(stored_bytes),
+        "objects": totals.objects,
+        "instances": totals.instances,
+        "patients": totals.patients,
+        "stored_bytes": int(totals.stored_bytes),
         "under_replicated": under_replicated_objects(archive.store),
         "bad_replicas": corrupt,
         "awaiting_dead_delay": under_replicated_objects(archive.store)

@@ -10,10 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from medshard.catalog.models import Node, Region, Replica, Site
+from medshard.catalog.models import Node, Site
+from medshard.catalog.replicas import copies_on_nodes, replica_counts_per_node
+from medshard.catalog.topology_rows import (
+    ensure_region,
+    new_node,
+    new_site,
+    node_counts_per_site,
+    node_named,
+    nodes_by_name,
+    region_names,
+    remove_node,
+    site_named,
+    sites_by_name,
+)
 from medshard.errors import InvalidInputError, NotFoundError
 
 SITE_KINDS = ("hospital", "lab", "rural")
@@ -36,31 +48,19 @@ def add_site(
         raise InvalidInputError("give both --lat and --lon, or neither")
     if latitude is not None and not (-90 <= latitude <= 90 and -180 <= (longitude or 0) <= 180):
         raise InvalidInputError("latitude must be within ±90 and longitude within ±180")
-    site = session.scalar(select(Site).where(Site.name == name))
-    if site is None:
-        site = Site(name=name)
-        session.add(site)
+    site = site_named(session, name) or new_site(session, name)
     site.kind = kind
     if region is not None:
-        site.region_id = _region(session, region).id
+        site.region_id = ensure_region(session, region).id
     if latitude is not None:
         site.latitude, site.longitude = latitude, longitude
     session.flush()
     return site
 
 
-def _region(session: Session, name: str) -> Region:
-    region = session.scalar(select(Region).where(Region.name == name))
-    if region is None:
-        region = Region(name=name)
-        session.add(region)
-        session.flush()
-    return region
-
-
 def list_sites(session: Session) -> list[dict[str, Any]]:
-    regions = dict(session.execute(select(Region.id, Region.name)).all())
-    nodes = dict(session.execute(select(Node.site_id, func.count()).group_by(Node.site_id)).all())
+    regions = region_names(session)
+    nodes = node_counts_per_site(session)
     return [
         {
             "name": s.name,
@@ -70,12 +70,12 @@ def list_sites(session: Session) -> list[dict[str, Any]]:
             "longitude": s.longitude,
             "nodes": nodes.get(s.id, 0),
         }
-        for s in session.scalars(select(Site).order_by(Site.name))
+        for s in sites_by_name(session)
     ]
 
 
 def node_row(session: Session, name: str) -> Node:
-    node = session.scalar(select(Node).where(Node.name == name))
+    node = node_named(session, name)
     if node is None:
         raise NotFoundError(f"unknown storage node {name!r}")
     return node
@@ -87,13 +87,10 @@ def add_node(
     """Register a node (its process is started separately, e.g. by `medshard node --name`)."""
     if not url.startswith("http://"):
         raise InvalidInputError(f"node URL {url!r}: expected http://host:port")
-    site_row = session.scalar(select(Site).where(Site.name == site))
-    if site_row is None:
-        site_row = add_site(session, site)
-    node = session.scalar(select(Node).where(Node.name == name))
-    if node is None:
-        node = Node(name=name, url=url, site_id=site_row.id, capacity_bytes=capacity_bytes)
-        session.add(node)
+    site_row = site_named(session, site) or add_site(session, site)
+    node = node_named(session, name) or new_node(
+        session, name=name, url=url, site_id=site_row.id, capacity_bytes=capacity_bytes
+    )
     node.url, node.site_id, node.capacity_bytes = url, site_row.id, capacity_bytes
     node.weight = set_weight_value(weight)
     node.admin_state = "active"
@@ -125,21 +122,18 @@ def undrain(session: Session, name: str) -> None:
 def remove(session: Session, name: str, *, force: bool = False) -> int:
     """Remove a node from the catalog; returns the copies forgotten (only with ``force``)."""
     node = node_row(session, name)
-    copies = session.scalar(select(func.count()).where(Replica.node_pk == node.id)) or 0
+    copies = copies_on_nodes(session, [node.id])
     if copies and not force:
         raise InvalidInputError(
             f"node {name} still holds {copies} copies: `medshard node drain {name}` first "
             "(or --force for a node that is dead, whose copies repair then rebuilds)"
         )
-    session.execute(delete(Replica).where(Replica.node_pk == node.id))
-    session.delete(node)
-    return int(copies)
+    remove_node(session, node)
+    return copies
 
 
 def list_nodes(session: Session) -> list[dict[str, Any]]:
-    copies = dict(
-        session.execute(select(Replica.node_pk, func.count()).group_by(Replica.node_pk)).all()
-    )
+    copies = replica_counts_per_node(session)
     return [
         {
             "name": n.name,
@@ -160,5 +154,5 @@ def list_nodes(session: Session) -> list[dict[str, Any]]:
             },
             "rtt_ms": round(n.rtt_ms, 3),
         }
-        for n in session.scalars(select(Node).order_by(Node.name))
+        for n in nodes_by_name(session)
     ]
