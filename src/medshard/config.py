@@ -88,6 +88,9 @@ class Settings:
     backup_keep: int = 3
     #: Timeout for one request to a storage node (seconds).
     node_timeout_s: float = 30.0
+    #: Concurrent chunk copies to one node travel in one batch request (less CPU per copy on
+    #: the node and the service; see medshard/storage/put_batcher.py); false: a PUT each.
+    node_put_batching: bool = True
     #: Parallel file imports in ``medshard import``.
     import_workers: int = 8
     #: Application service bind address.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -21,37 +21,10 @@ from medshard.errors import (
     NodeUnavailableError,
     NotFoundError,
 )
-from medshard.node.launcher import NodeAuth, NodeProcess, free_port, start_node_process
+from medshard.node.launcher import NodeAuth, free_port, start_node_process
 from medshard.storage.chunkstore import ChunkStat
 from medshard.storage.node_client import NodeClient
-
-SECRET = "test-node-secret"
-StartNode = Callable[..., NodeProcess]
-
-
-def chunk(n: int = 300_000) -> tuple[str, bytes]:
-    data = os.urandom(n)
-    return hashlib.sha256(data).hexdigest(), data
-
-
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[StartNode]:
-    """Start ready nodes; every one of them is stopped (or killed) after the test."""
-    started: list[NodeProcess] = []
-
-    def start(
-        name: str = "n1", wait: bool = True, secret: str = SECRET, capacity_bytes: int = 0
-    ) -> NodeProcess:
-        data_dir = tmp_path / name
-        node = start_node_process(name, "site-a", free_port(), data_dir, secret, capacity_bytes)
-        started.append(node)
-        if wait:
-            node.wait_ready()
-        return node
-
-    yield start
-    for node in started:
-        node.stop(timeout=5)
+from tests.node.conftest import SECRET, StartNode, chunk
 
 
 def test_put_get_head_delete_list_on_two_nodes(start_node: StartNode) -> None:
@@ -78,7 +51,7 @@ def test_put_get_head_delete_list_on_two_nodes(start_node: StartNode) -> None:
         health = c1.health()
         assert health["name"] == "n1" and health["site"] == "site-a"
         assert health["chunks"] == 1 and health["used_bytes"] == len(b[1])
-        assert health["version"] == 2 and health["free_disk_bytes"] > 0
+        assert health["version"] == 3 and health["free_disk_bytes"] > 0
         assert health["load"]["puts_total"] == 3 and health["load"]["gets_total"] >= 2
         assert set(health) >= {"capacity_bytes", "uptime_s"}
 
@@ -116,14 +89,19 @@ def test_bad_requests_are_refused_with_their_status(start_node: StartNode) -> No
         assert raw.get("/nope").status_code == 404
 
 
-def test_kill_9_mid_write_loses_no_acknowledged_chunk(start_node: StartNode) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["client-each", "shared-batched"])
+def test_kill_9_mid_write_loses_no_acknowledged_chunk(start_node: StartNode, shared: bool) -> None:
+    """Writers with a client each send one PUT per chunk; writers sharing one client send
+    batches (POST /chunks): either way, whatever was acknowledged survives kill -9."""
     node = start_node()
     acked: dict[str, bytes] = {}
     lock = threading.Lock()
     enough = threading.Event()
+    common = NodeClient("n1", node.url, SECRET, timeout=5)
 
     def writer() -> None:
-        with NodeClient("n1", node.url, SECRET, timeout=5) as client:
+        own = nullcontext(common) if shared else NodeClient("n1", node.url, SECRET, timeout=5)
+        with own as client:
             while True:
                 cid, data = chunk(200_000)
                 try:
@@ -142,6 +120,10 @@ def test_kill_9_mid_write_loses_no_acknowledged_chunk(start_node: StartNode) -> 
     node.kill()  # SIGKILL while writes are in flight
     for t in threads:
         t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    if shared:
+        assert common.batcher is not None and common.batcher.batches < common.batcher.puts / 2
+    common.close()
 
     node.restart().wait_ready()
     with NodeClient("n1", node.url, SECRET) as client:

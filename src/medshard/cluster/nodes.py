@@ -206,7 +206,11 @@ class NodePool:
                 handle = self.nodes.get(name)
                 if handle is None or handle.url != url:
                     client = NodeClient(
-                        name, url, self.settings.node_secret, self.settings.node_timeout_s
+                        name,
+                        url,
+                        self.settings.node_secret,
+                        self.settings.node_timeout_s,
+                        batch_puts=self.settings.node_put_batching,
                     )
                     self.nodes[name] = NodeHandle(
                         pk,

@@ -5,6 +5,10 @@ shared node secret in ``MEDSHARD_NODE_SECRET``. The protocol (every request sign
 
     PUT    /chunks/{id}   raw bytes; 201 stored, 200 already there, 409 hash mismatch,
                           507 capacity or disk full, 400 malformed id, 413 too large
+    POST   /chunks        a batch of chunks (framing: medshard/storage/chunk_batch.py), all
+                          made durable by one group commit: 200 {"results": [...]}, one per
+                          chunk in order with the status its own PUT would have had; 400
+                          malformed framing, 413 too many chunks or bytes
     GET    /chunks/{id}   200 the bytes as stored (unverified: readers verify), 404
     HEAD   /chunks/{id}   200 with Content-Length, 404
     DELETE /chunks/{id}   204, 404
@@ -26,7 +30,9 @@ Authentication (:mod:`medshard.storage.node_auth`): the secret never travels. Ea
 carries ``Authorization: Medshard-HMAC-SHA256 t=<unix s>,n=<nonce>,s=<hmac>``, an HMAC-SHA256
 under a key derived from the secret by HKDF over method, node name, path (and query), ``t``, the
 nonce and the body's SHA-256, which for ``PUT /chunks/{id}`` is the id itself (the node
-refuses a body that does not hash to it, 409) and for ``PUT /meta/{name}`` the value of the
+refuses a body that does not hash to it, 409), for ``POST /chunks`` the SHA-256 of the batch's
+manifest (its ids and lengths: the node reads it first, authenticates, and only then the
+chunks, each checked against its id) and for ``PUT /meta/{name}`` the value of the
 ``X-Medshard-Content-SHA256`` header (checked against the body the same way). The node
 answers 401 to a missing, malformed or wrong signature, to ``t`` more than 60 s off its clock,
 and to a nonce it has already seen within that window; so clocks of the service and the
@@ -37,6 +43,8 @@ The app is a bare ASGI callable rather than FastAPI: a few fixed routes need no 
 layer, and per-request overhead matters when a node takes thousands of chunks per second.
 Every store call runs on a thread pool, so a writer waiting for its group-commit fdatasync
 never blocks the event loop, and many waiting writers are what lets one fdatasync cover many.
+A batch is one request, one pool hop and one fdatasync for all its chunks: the service
+coalesces concurrent chunk copies to a node into batches (medshard/storage/put_batcher.py).
 """
 
 from __future__ import annotations
@@ -75,6 +83,14 @@ from medshard.node.compaction import (
 )
 from medshard.node.metablobs import MAX_BLOB_BYTES, MetaBlobStore
 from medshard.node.volume import DEFAULT_VOLUME_BYTES, MAX_CHUNK_BYTES, VolumeStore, check_chunk_id
+from medshard.storage.chunk_batch import (
+    BATCH_PATH,
+    MAX_BATCH_CHUNKS,
+    decode_manifest,
+    manifest_count,
+    manifest_sha256,
+    manifest_size,
+)
 from medshard.storage.node_auth import (
     AUTH_HEADER,
     CONTENT_SHA256_HEADER,
@@ -87,10 +103,12 @@ from medshard.storage.node_auth import (
 log = logging.getLogger(__name__)
 
 SECRET_ENV = "MEDSHARD_NODE_SECRET"
-PROTOCOL_VERSION = 2  # 2: signed requests instead of a secret header
+PROTOCOL_VERSION = 3  # 2: signed requests instead of a secret header; 3: POST /chunks
 _AUTH_KEY = AUTH_HEADER.lower().encode()
 _CONTENT_KEY = CONTENT_SHA256_HEADER.lower().encode()
 STREAM_PIECE_BYTES = 1 << 20
+#: Largest batch body: one chunk of the largest size, or many smaller ones.
+MAX_BATCH_BODY = MAX_CHUNK_BYTES + manifest_size(MAX_BATCH_CHUNKS)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -154,7 +172,8 @@ class NodeApp:
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix=f"node-{name}-io")
         self._started = time.monotonic()
         self.requests_in_flight = 0
-        self.puts_total = 0
+        self.puts_total = 0  # chunks, alone or in batches
+        self.batches_total = 0
         self.gets_total = 0
 
     def shutdown(self) -> None:
@@ -172,11 +191,7 @@ class NodeApp:
         except _HTTPError as e:
             await _send_json(send, e.status, e.body)
         except MedshardError as e:
-            status = next(code for kind, code in _STATUS_OF if isinstance(e, kind))
-            extra = {}
-            if isinstance(e, ChecksumMismatchError):
-                extra = {"expected": e.expected, "actual": e.actual}
-            await _send_json(send, status, {"error": str(e), **extra})
+            await _send_json(send, _status_of(e), _error_body(e))
         except Exception:
             log.exception("node %s: %s %s failed", self.name, scope["method"], scope["path"])
             await _send_json(send, 500, {"error": "internal error; see the node log"})
@@ -186,6 +201,9 @@ class NodeApp:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         method, path = scope["method"], scope["path"]
+        if path == BATCH_PATH and method == "POST":
+            await self._put_batch(scope, headers, receive, send)  # authenticates its manifest
+            return
         self._authenticate(method, path, scope, headers)
         if path == "/health" and method == "GET":
             await _send_json(send, 200, await self._io(self._health))
@@ -228,18 +246,24 @@ class NodeApp:
             raise _HTTPError(404, f"no such endpoint {method} {path}")
 
     def _authenticate(
-        self, method: str, path: str, scope: Scope, headers: dict[bytes, bytes]
+        self,
+        method: str,
+        path: str,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        content: str | None = None,
     ) -> None:
-        """Raise 401 unless the request is signed for this node, fresh and not a replay."""
+        """Raise 401 unless the request is signed for this node, fresh and not a replay;
+        ``content`` is the content hash it must sign (by default, from the route)."""
         target = scope.get("raw_path") or path.encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         target_text = target.decode("latin-1")
-        if method == "PUT" and path.startswith("/chunks/"):
+        if content is None and method == "PUT" and path.startswith("/chunks/"):
             content = path[len("/chunks/") :]  # the store checks that the body hashes to it
-        elif method == "PUT" and path.startswith("/meta/"):
+        elif content is None and method == "PUT" and path.startswith("/meta/"):
             content = headers.get(_CONTENT_KEY, b"").decode("latin-1")  # checked in _meta
-        else:
+        elif content is None:
             content = EMPTY_SHA256  # no other request has a body; the node never reads one
         header = headers.get(_AUTH_KEY)
         try:
@@ -262,6 +286,46 @@ class NodeApp:
         self.puts_total += 1
         created = await self._io(self.store.put, chunk_id, data)
         await _send_json(send, 201 if created else 200, {"chunk_id": chunk_id, "created": created})
+
+    async def _put_batch(
+        self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
+        """``POST /chunks``: read the manifest, authenticate it, then store every chunk."""
+        body = _Body(headers, receive, MAX_BATCH_BODY)
+        if not await body.fill(4):
+            return
+        if body.size < 4:
+            raise _HTTPError(400, "batch body shorter than its chunk count")
+        count = manifest_count(body.bytes())
+        if count > MAX_BATCH_CHUNKS:
+            raise _HTTPError(413, f"batch of {count} chunks; at most {MAX_BATCH_CHUNKS}")
+        head = manifest_size(count)
+        if not await body.fill(head):
+            return
+        if body.size < head:
+            raise _HTTPError(400, f"batch body shorter than its manifest of {count} chunks")
+        manifest = body.bytes()[:head]
+        self._authenticate("POST", BATCH_PATH, scope, headers, manifest_sha256(manifest))
+        entries = decode_manifest(manifest)
+        if not await body.fill(None):
+            return
+        data = memoryview(body.bytes())
+        if len(data) != head + sum(n for _cid, n in entries):
+            raise _HTTPError(400, "batch body does not match its manifest's lengths")
+        items = []
+        for chunk_id, n in entries:
+            items.append((chunk_id, data[head : head + n]))
+            head += n
+        self.batches_total += 1
+        self.puts_total += count
+        outcomes = await self._io(self.store.put_many, items)
+        results = [
+            _error_body(o, status=True)
+            if isinstance(o, MedshardError)
+            else {"status": 201 if o else 200}
+            for o in outcomes
+        ]
+        await _send_json(send, 200, {"results": results})
 
     async def _meta(
         self, method: str, name: str, headers: dict[bytes, bytes], receive: Receive, send: Send
@@ -338,6 +402,7 @@ class NodeApp:
             "load": {
                 "requests_in_flight": self.requests_in_flight,
                 "puts_total": self.puts_total,
+                "batches_total": self.batches_total,
                 "gets_total": self.gets_total,
             },
             "uptime_s": round(time.monotonic() - self._started, 3),
@@ -346,6 +411,19 @@ class NodeApp:
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+def _status_of(e: MedshardError) -> int:
+    return next(code for kind, code in _STATUS_OF if isinstance(e, kind))
+
+
+def _error_body(e: MedshardError, *, status: bool = False) -> dict[str, Any]:
+    """What an error answer says (with its ``status`` too, for a batch's per-chunk results)."""
+    body: dict[str, Any] = {"status": _status_of(e)} if status else {}
+    body["error"] = str(e)
+    if isinstance(e, ChecksumMismatchError):
+        body.update(expected=e.expected, actual=e.actual)
+    return body
 
 
 def _fraction(text: str) -> float | None:
@@ -363,22 +441,43 @@ def _fraction(text: str) -> float | None:
 
 async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes | None:
     """The whole request body (413 beyond ``limit``), or None if the client disconnected."""
-    declared = headers.get(b"content-length")
-    if declared is not None and int(declared) > limit:
-        raise _HTTPError(413, f"body larger than {limit} bytes")
-    parts: list[bytes] = []
-    received = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body = message.get("body", b"")
-        received += len(body)
-        if received > limit:
+    body = _Body(headers, receive, limit)
+    return body.bytes() if await body.fill(None) else None
+
+
+class _Body:
+    """A request body read as far as needed (a batch's manifest before its chunks)."""
+
+    def __init__(self, headers: dict[bytes, bytes], receive: Receive, limit: int) -> None:
+        declared = headers.get(b"content-length")
+        if declared is not None and int(declared) > limit:
             raise _HTTPError(413, f"body larger than {limit} bytes")
-        parts.append(body)
-        if not message.get("more_body", False):
-            return b"".join(parts)
+        self._receive = receive
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self.size = 0
+        self.complete = False
+
+    async def fill(self, need: int | None) -> bool:
+        """Read until ``need`` bytes are in (None: all of it) or the body ends; False if the
+        client disconnected. 413 beyond the limit."""
+        while not self.complete and (need is None or self.size < need):
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return False
+            piece = message.get("body", b"")
+            self.size += len(piece)
+            if self.size > self._limit:
+                raise _HTTPError(413, f"body larger than {self._limit} bytes")
+            self._parts.append(piece)
+            self.complete = not message.get("more_body", False)
+        return True
+
+    def bytes(self) -> bytes:
+        """What was read so far."""
+        if len(self._parts) != 1:
+            self._parts = [b"".join(self._parts)]
+        return self._parts[0]
 
 
 def _start(status: int, content_type: str, length: int) -> Message:

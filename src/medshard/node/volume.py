@@ -8,7 +8,8 @@ bandwidth, then caps ingest. Here every chunk is appended as a record to the cur
 file* (Haystack / SeaweedFS style) and one ``fdatasync`` covers every record written since the
 previous one (group commit): many concurrent writers are acknowledged at near sequential disk
 bandwidth. On the benchmark that chose this design (8 writers x 300 KB) it sustained about 3x
-the chunks/s of one-file-per-chunk with batched fsyncs.
+the chunks/s of one-file-per-chunk with batched fsyncs. :meth:`VolumeStore.put_many` appends a
+whole batch of chunks (one request from the service) and waits for one fdatasync for them all.
 
 Record format (little endian), back to back in ``vol-NNNNNNNN.dat``::
 
@@ -57,13 +58,14 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medshard.errors import (
     ChecksumMismatchError,
     InvalidInputError,
+    MedshardError,
     NodeUnavailableError,
     NotFoundError,
     StorageError,
@@ -83,6 +85,8 @@ _ID_RE = re.compile(r"[0-9a-f]{64}")
 _VOLUME_RE = re.compile(r"vol-(\d{8})\.dat")
 _COMPACT_SUFFIX = ".compact"  # a volume being rewritten; not a volume until renamed over it
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: A chunk's bytes: a batch's chunks are views into its request body, not copies.
+Bytes = bytes | memoryview
 
 
 def check_chunk_id(chunk_id: str) -> None:
@@ -91,7 +95,17 @@ def check_chunk_id(chunk_id: str) -> None:
         raise InvalidInputError(f"malformed chunk id {chunk_id!r}: expected 64 lowercase hex")
 
 
-def pack_header(kind: int, chunk_id: str, data: bytes) -> bytes:
+def _check_put(chunk_id: str, data: Bytes) -> None:
+    """Refuse a chunk whose id is malformed, that is too large, or that does not hash to it."""
+    check_chunk_id(chunk_id)
+    if len(data) > MAX_CHUNK_BYTES:
+        raise InvalidInputError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != chunk_id:
+        raise ChecksumMismatchError(f"chunk {chunk_id}", chunk_id, actual)
+
+
+def pack_header(kind: int, chunk_id: str, data: Bytes) -> bytes:
     """Header of one record; the header crc lets a scan tell a torn header from a real one."""
     head = _HEAD.pack(MAGIC, kind, bytes.fromhex(chunk_id), len(data), zlib.crc32(data))
     return head + struct.pack("<I", zlib.crc32(head))
@@ -253,22 +267,45 @@ class VolumeStore:
 
         A rotten stored copy does not count as there: the fresh one is appended and wins.
         """
-        check_chunk_id(chunk_id)
-        if len(data) > MAX_CHUNK_BYTES:
-            raise InvalidInputError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != chunk_id:
-            raise ChecksumMismatchError(f"chunk {chunk_id}", chunk_id, actual)
-        old = self._claim(chunk_id)
+        (outcome,) = self.put_many([(chunk_id, data)])
+        if isinstance(outcome, MedshardError):
+            raise outcome
+        return outcome
+
+    def put_many(self, items: Sequence[tuple[str, Bytes]]) -> list[bool | MedshardError]:
+        """Store several chunks durably with one group commit: :meth:`put` for each, in order.
+
+        Every record is appended, then one fdatasync covers them all (and whatever other
+        writers appended meanwhile). One outcome per item, as :meth:`put` would return or
+        raise it: True stored, False an intact copy was already there, or the error that
+        kept this chunk out (malformed id, hash mismatch, capacity or disk full, I/O), so one
+        bad chunk does not fail the others. An id given twice is stored once.
+        """
+        outcomes: list[bool | MedshardError] = [False] * len(items)
+        first: dict[str, int] = {}  # id -> the item that stores it
+        for i, (chunk_id, data) in enumerate(items):
+            try:
+                _check_put(chunk_id, data)
+            except MedshardError as e:
+                outcomes[i] = e
+                continue
+            first.setdefault(chunk_id, i)
+        olds = self._claim(list(first))
         try:
-            if old is not None:
-                if hashlib.sha256(self.get(chunk_id)).hexdigest() == chunk_id:
-                    return False
-                log.warning("chunk %s was corrupt on disk; storing the fresh copy", chunk_id)
-            self._append_durably(KIND_PUT, chunk_id, data)
-            return True
+            fresh = []
+            for (chunk_id, i), old in zip(first.items(), olds, strict=True):
+                if old is None or not self._intact(chunk_id):
+                    fresh.append(i)
+            errors = self._append_durably(KIND_PUT, [items[i] for i in fresh])
+            for i, error in zip(fresh, errors, strict=True):
+                outcomes[i] = error or True
         finally:
-            self._release(chunk_id)
+            self._release(list(first))
+        for i, (chunk_id, _data) in enumerate(items):
+            j = first.get(chunk_id, i)
+            if j != i and not isinstance(outcomes[i], MedshardError):  # a duplicate
+                outcomes[i] = outcomes[j] if isinstance(outcomes[j], MedshardError) else False
+        return outcomes
 
     def get(self, chunk_id: str) -> bytes:
         """The stored bytes, unverified (the caller hashes them)."""
@@ -281,14 +318,16 @@ class VolumeStore:
     def delete(self, chunk_id: str) -> bool:
         """Append a durable tombstone; return False if the chunk was not there."""
         check_chunk_id(chunk_id)
-        old = self._claim(chunk_id)
+        (old,) = self._claim([chunk_id])
         try:
             if old is None:
                 return False
-            self._append_durably(KIND_TOMBSTONE, chunk_id, b"")
+            (error,) = self._append_durably(KIND_TOMBSTONE, [(chunk_id, b"")])
+            if error is not None:
+                raise error
             return True
         finally:
-            self._release(chunk_id)
+            self._release([chunk_id])
 
     def exists(self, chunk_id: str) -> bool:
         with self._lock:
@@ -533,56 +572,102 @@ class VolumeStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _claim(self, chunk_id: str) -> _Loc | None:
-        """Serialise puts/deletes of one id, so a duplicate PUT never answers before durability."""
-        with self._busy_ids:
-            while chunk_id in self._in_flight:
-                self._busy_ids.wait()
-            self._in_flight.add(chunk_id)
-            return self._index.get(chunk_id)
+    def _claim(self, chunk_ids: list[str]) -> list[_Loc | None]:
+        """Serialise puts/deletes of one id, so a duplicate PUT never answers before durability.
 
-    def _release(self, chunk_id: str) -> None:
+        All of ``chunk_ids`` are taken at once, never one while waiting for another, so two
+        batches sharing ids cannot deadlock.
+        """
         with self._busy_ids:
-            self._in_flight.discard(chunk_id)
+            while not self._in_flight.isdisjoint(chunk_ids):
+                self._busy_ids.wait()
+            self._in_flight.update(chunk_ids)
+            return [self._index.get(chunk_id) for chunk_id in chunk_ids]
+
+    def _release(self, chunk_ids: list[str]) -> None:
+        with self._busy_ids:
+            self._in_flight.difference_update(chunk_ids)
             self._busy_ids.notify_all()
 
-    def _append_durably(self, kind: int, chunk_id: str, data: bytes) -> None:
-        header = pack_header(kind, chunk_id, data)
-        size = len(data)
+    def _intact(self, chunk_id: str) -> bool:
+        """Whether the stored copy of a claimed id still hashes to it (a re-PUT repairs rot)."""
+        try:
+            if hashlib.sha256(self.get(chunk_id)).hexdigest() == chunk_id:
+                return True
+        except StorageError as e:
+            log.warning("chunk %s unreadable on disk (%s); storing the fresh copy", chunk_id, e)
+            return False
+        log.warning("chunk %s was corrupt on disk; storing the fresh copy", chunk_id)
+        return False
+
+    def _append_durably(
+        self, kind: int, records: Sequence[tuple[str, Bytes]]
+    ) -> list[MedshardError | None]:
+        """Append ``records`` (claimed ids), then wait for one fdatasync covering them all.
+
+        Per record: None once it is durable (a PUT then indexed), or the error that kept it
+        out (capacity, disk full, I/O). Only a failed fdatasync fails them all.
+        """
+        errors: list[MedshardError | None] = [None] * len(records)
+        written: list[tuple[str, _Volume, int, int]] = []  # id, volume, data offset, size
         with self._lock:
-            self._check_writable()
-            over = self._used + self._reserved + size > self.capacity_bytes
-            if kind == KIND_PUT and self.capacity_bytes and over:
-                raise NodeUnavailableError(
-                    self.name, f"capacity of {self.capacity_bytes} bytes would be exceeded"
-                )
-            vol = self._writable_volume(len(header) + size)
-            start = vol.size
-            self._write_all(vol, [header, data], start)
-            vol.size = start + len(header) + size
-            self._dirty.add(vol.fd)
-            self._written_seq += 1
+            for i, (chunk_id, data) in enumerate(records):
+                try:
+                    vol, offset = self._append(kind, chunk_id, data)
+                except MedshardError as e:
+                    errors[i] = e
+                    continue
+                written.append((chunk_id, vol, offset, len(data)))
             seq = self._written_seq
-            if kind == KIND_TOMBSTONE:  # hide at once; the tombstone's durability follows
-                self._unindex(chunk_id)
-                vol.tombstones.add(chunk_id)
-            else:
-                self._reserved += size
-                vol.pending += 1  # keeps compaction off vol until the record is indexed
+        if not written:
+            return errors
         try:
             self._wait_durable(seq)
-        except BaseException:
+        except BaseException as e:
             if kind == KIND_PUT:
                 with self._lock:
-                    self._reserved -= size
-                    vol.pending -= 1
-            raise
+                    self._settle(written, durable=False)
+            if not isinstance(e, MedshardError):
+                raise
+            return [error or e for error in errors]
         if kind == KIND_PUT:
             with self._lock:
-                self._reserved -= size
-                vol.pending -= 1
+                self._settle(written, durable=True)
+        return errors
+
+    def _append(self, kind: int, chunk_id: str, data: Bytes) -> tuple[_Volume, int]:
+        """Write one record (the caller holds the lock); its volume and data offset."""
+        header = pack_header(kind, chunk_id, data)
+        size = len(data)
+        self._check_writable()
+        over = self._used + self._reserved + size > self.capacity_bytes
+        if kind == KIND_PUT and self.capacity_bytes and over:
+            raise NodeUnavailableError(
+                self.name, f"capacity of {self.capacity_bytes} bytes would be exceeded"
+            )
+        vol = self._writable_volume(len(header) + size)
+        start = vol.size
+        self._write_all(vol, [header, data], start)
+        vol.size = start + len(header) + size
+        self._dirty.add(vol.fd)
+        self._written_seq += 1
+        if kind == KIND_TOMBSTONE:  # hide at once; the tombstone's durability follows
+            self._unindex(chunk_id)
+            vol.tombstones.add(chunk_id)
+        else:
+            self._reserved += size
+            vol.pending += 1  # keeps compaction off vol until the record is indexed
+        return vol, start + len(header)
+
+    def _settle(self, written: list[tuple[str, _Volume, int, int]], *, durable: bool) -> None:
+        """Release the reservations of written PUT records and, once durable, index them
+        (the caller holds the lock)."""
+        for chunk_id, vol, offset, size in written:
+            self._reserved -= size
+            vol.pending -= 1
+            if durable:
                 self._unindex(chunk_id)
-                self._index_put(chunk_id, vol, start + len(header), size)
+                self._index_put(chunk_id, vol, offset, size)
 
     def _index_put(self, chunk_id: str, vol: _Volume, data_offset: int, size: int) -> None:
         """Point the index at a PUT record (the caller holds the lock, or is the scan)."""
@@ -598,7 +683,7 @@ class VolumeStore:
             old.volume.live -= HEADER_SIZE + old.length
             old.volume.dead_puts.add(chunk_id)
 
-    def _write_all(self, vol: _Volume, parts: list[bytes], offset: int) -> None:
+    def _write_all(self, vol: _Volume, parts: list[Bytes], offset: int) -> None:
         """Write every byte or none: a failed write is cut back off the volume."""
         buffers = [memoryview(p) for p in parts if p]
         pos = offset

@@ -8,7 +8,7 @@ key from it once, with HKDF-SHA256 (:func:`derive_key`), and every request carri
 where the signature is HMAC-SHA256 under that key of the newline-joined *string to sign*::
 
     medshard-node-v1
-    <method>            PUT, GET, HEAD, DELETE
+    <method>            PUT, POST, GET, HEAD, DELETE
     <node name>         the node the request is meant for, as registered in the catalog
     <target>            path, plus ``?query`` if any, exactly as sent
     <t>
@@ -16,8 +16,11 @@ where the signature is HMAC-SHA256 under that key of the newline-joined *string 
     <content hash>      SHA-256 (hex) of the body
 
 For ``PUT /chunks/{id}`` the content hash *is* the chunk id: the node refuses (409) a body that
-does not hash to it, so signing the path binds the body and neither side hashes it twice. Every
-other request has no body and signs the hash of the empty string.
+does not hash to it, so signing the path binds the body and neither side hashes it twice. A
+batch of chunks (``POST /chunks``, :mod:`medshard.storage.chunk_batch`) signs the SHA-256 of
+its manifest, the ids and lengths of its chunks, for the same reason. ``PUT /meta/{name}``
+signs the SHA-256 of its body, declared in a header. Every other request has no body and
+signs the hash of the empty string.
 
 A node (:class:`RequestVerifier`) answers 401 unless the signature matches (constant-time
 comparison), ``t`` is within :data:`WINDOW_S` of its clock, and the nonce was not seen in that
@@ -42,6 +45,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medshard.errors import InvalidInputError
+from medshard.storage.chunk_batch import (
+    BATCH_PATH,
+    manifest_count,
+    manifest_sha256,
+    manifest_size,
+)
 
 #: The header carrying the signature, and its scheme.
 AUTH_HEADER: Final = "Authorization"
@@ -73,9 +82,12 @@ def derive_key(secret: str) -> bytes:
 
 
 def content_hash(method: str, target: str, body: bytes | None) -> str:
-    """The content hash a request signs: the chunk id for a chunk PUT, else SHA-256 of the body."""
+    """The content hash a request signs: the chunk id for a chunk PUT, the manifest's SHA-256
+    for a batch, else SHA-256 of the body."""
     if method == "PUT" and target.startswith("/chunks/"):
         return target[len("/chunks/") :].partition("?")[0]
+    if method == "POST" and target == BATCH_PATH and body and len(body) >= 4:
+        return manifest_sha256(body[: manifest_size(manifest_count(body))])
     return hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
 
 

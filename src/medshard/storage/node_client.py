@@ -7,6 +7,11 @@ general-purpose client (httpx) costing a third of the importer's CPU; this path 
 fraction of that. Every failure that means "this replica is not usable now" becomes
 :class:`NodeUnavailableError`, so callers can simply move on to the next replica.
 
+Concurrent :meth:`NodeClient.put` calls travel together: while a request to the node is in
+flight, further puts queue up and go in the next ``POST /chunks`` batch (:mod:`.put_batcher`,
+framing in :mod:`.chunk_batch`), so a node spends its per-request CPU once per batch rather
+than once per chunk copy; a put finding the node idle goes at once as a plain PUT.
+
 Protocol: see :mod:`medshard.node.server`. Every request is signed (:mod:`.node_auth`): the
 node secret itself is never sent.
 """
@@ -16,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -26,10 +32,12 @@ from urllib.parse import urlencode, urlsplit
 from medshard.errors import (
     ChecksumMismatchError,
     InvalidInputError,
+    MedshardError,
     NodeFullError,
     NodeUnavailableError,
     NotFoundError,
 )
+from medshard.storage.chunk_batch import BATCH_PATH, encode_manifest, manifest_sha256
 from medshard.storage.chunkstore import ChunkStat
 from medshard.storage.node_auth import (
     AUTH_HEADER,
@@ -37,10 +45,15 @@ from medshard.storage.node_auth import (
     EMPTY_SHA256,
     RequestSigner,
 )
+from medshard.storage.put_batcher import MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Outcome, PutBatcher
 
 # Safe to retry once: every request of the protocol is idempotent (PUT of a content address
 # included), and a pooled connection the node closed or lost in a restart fails exactly so.
 _RETRYABLE = (ConnectionError, http.client.HTTPException, BrokenPipeError)
+_CHUNK_ID = re.compile(r"[0-9a-f]{64}")
+#: Answers to a batch meaning "send these chunks one by one": a node without the batch
+#: endpoint (an older version answers 401, as it signs no body for it, or 404/405).
+_NO_BATCHES = (401, 404, 405)
 
 
 @dataclass
@@ -83,6 +96,10 @@ class NodeClient:
         Seconds for connect, each read and each write; a slow node counts as unavailable.
     max_connections
         Pool size; match it to how many threads may talk to this node at once.
+    batch_puts
+        Coalesce concurrent :meth:`put` calls into batch requests (see the module docstring);
+        False sends one PUT per chunk. ``batch_max_bytes`` and ``batch_max_chunks`` cap a
+        batch, ``batch_in_flight`` is how many batches may be in flight at once.
     """
 
     def __init__(
@@ -93,6 +110,10 @@ class NodeClient:
         timeout: float = 10.0,
         *,
         max_connections: int = 32,
+        batch_puts: bool = True,
+        batch_max_bytes: int = MAX_BATCH_BYTES,
+        batch_max_chunks: int = MAX_BATCH_CHUNKS,
+        batch_in_flight: int = 1,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -105,6 +126,14 @@ class NodeClient:
         self._max_idle = max_connections
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        self.batcher: PutBatcher | None = None
+        if batch_puts:
+            self.batcher = PutBatcher(
+                self._put_batch,
+                max_bytes=batch_max_bytes,
+                max_chunks=batch_max_chunks,
+                max_in_flight=batch_in_flight,
+            )
 
     def __repr__(self) -> str:
         return f"NodeClient({self.name!r}, {self.url!r})"
@@ -112,9 +141,50 @@ class NodeClient:
     # -- ChunkStore ----------------------------------------------------------------------------
 
     def put(self, chunk_id: str, data: bytes) -> bool:
-        """Returns only once the node has the chunk durable; False if it already had it."""
+        """Returns only once the node has the chunk durable; False if it already had it.
+
+        Concurrent puts share batch requests; each still returns or raises for its own chunk
+        (NodeFullError, ChecksumMismatchError, NodeUnavailableError...) as a lone PUT would.
+        """
+        if self.batcher is not None and _CHUNK_ID.fullmatch(chunk_id):
+            return self.batcher.put(chunk_id, data)
+        return self._put_one(chunk_id, data)
+
+    def _put_one(self, chunk_id: str, data: bytes) -> bool:
         r = self._request("PUT", f"/chunks/{chunk_id}", data, content_sha256=chunk_id)
         return r.status_code == 201
+
+    def _put_batch(self, items: Sequence[tuple[str, bytes]]) -> list[Outcome]:
+        """Send chunks in one ``POST /chunks`` (one alone as a plain PUT); one outcome each."""
+        if len(items) == 1:
+            return [_outcome(self._put_one, cid, data) for cid, data in items]
+        manifest = encode_manifest([(cid, len(data)) for cid, data in items])
+        try:
+            r = self._call(
+                "POST",
+                BATCH_PATH,
+                [manifest, *(data for _cid, data in items)],
+                content_sha256=manifest_sha256(manifest),
+            )
+        except NodeUnavailableError as e:  # one error each: callers raise them in parallel
+            return [NodeUnavailableError(self.name, e.reason) for _ in items]
+        if r.status_code in _NO_BATCHES:
+            return [_outcome(self._put_one, cid, data) for cid, data in items]
+        if r.status_code != 200:
+            return [self._error_for(r, BATCH_PATH) for _ in items]
+        results = _json_or_empty(r).get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            reason = f"malformed answer to a batch of {len(items)} chunks"
+            return [NodeUnavailableError(self.name, reason) for _ in items]
+        outcomes: list[Outcome] = []
+        for (cid, _data), result in zip(items, results, strict=True):
+            status = int(result.get("status", 0)) if isinstance(result, dict) else 0
+            if status in (200, 201):
+                outcomes.append(status == 201)
+            else:
+                body = result if isinstance(result, dict) else {}
+                outcomes.append(self._error_for(Response(status), f"/chunks/{cid}", body))
+        return outcomes
 
     def get(self, chunk_id: str) -> bytes:
         """The bytes as the node has them; the caller verifies the hash."""
@@ -222,6 +292,22 @@ class NodeClient:
         headers: dict[str, str] | None = None,
     ) -> Response:
         """Send one signed request; ``content_sha256`` is the body's hash (a chunk's id)."""
+        r = self._call(method, path, body, content_sha256=content_sha256, headers=headers)
+        if r.status_code < 300:
+            return r
+        raise self._error_for(r, path)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | list[bytes] | None = None,
+        *,
+        content_sha256: str = EMPTY_SHA256,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """One signed request, whatever its status; NodeUnavailableError if none came back.
+        A list body is sent piece by piece (a batch's chunks are not copied into one)."""
         try:
             try:
                 r = self._send(method, path, body, content_sha256, fresh=False, extra=headers)
@@ -229,16 +315,13 @@ class NodeClient:
                 r = self._send(method, path, body, content_sha256, fresh=True, extra=headers)
         except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
             raise NodeUnavailableError(self.name, f"{type(e).__name__}: {e}") from e
-        if r.status_code < 300:
-            return r
-        self._raise_for(r, path)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return r
 
     def _send(
         self,
         method: str,
         path: str,
-        body: bytes | None,
+        body: bytes | list[bytes] | None,
         content_sha256: str,
         *,
         fresh: bool,
@@ -250,6 +333,8 @@ class NodeClient:
         headers = {**(extra or {}), AUTH_HEADER: self._signer.header(method, path, content_sha256)}
         if body is not None:
             headers["Content-Type"] = "application/octet-stream"
+        if isinstance(body, list):
+            headers["Content-Length"] = str(sum(len(piece) for piece in body))
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -275,24 +360,36 @@ class NodeClient:
                 return
         conn.close()
 
-    def _raise_for(self, r: Response, path: str) -> None:
-        message = _error_text(r)
-        if r.status_code == 404:
-            raise NotFoundError(f"{path} not found on node {self.name}")
-        if r.status_code == 409:
+    def _error_for(
+        self, r: Response, path: str, body: dict[str, Any] | None = None
+    ) -> MedshardError:
+        """The error an answer means; ``body`` is its JSON (parsed from ``r`` if not given)."""
+        if body is None:
             body = _json_or_empty(r)
-            raise ChecksumMismatchError(
+        message = str(body.get("error") or r.text[:200] or r.reason_phrase)
+        if r.status_code == 404:
+            return NotFoundError(f"{path} not found on node {self.name}")
+        if r.status_code == 409:
+            return ChecksumMismatchError(
                 f"node {self.name} refused {path}",
                 str(body.get("expected", "")),
                 str(body.get("actual", "")),
             )
         if r.status_code in (400, 413):
-            raise InvalidInputError(f"node {self.name} refused {path}: {message}")
+            return InvalidInputError(f"node {self.name} refused {path}: {message}")
         if r.status_code == 401:
-            raise NodeUnavailableError(self.name, f"refused our signature: {message}")
+            return NodeUnavailableError(self.name, f"refused our signature: {message}")
         if r.status_code == 507:
-            raise NodeFullError(self.name, f"HTTP 507 (out of space) on {path}: {message}")
-        raise NodeUnavailableError(self.name, f"HTTP {r.status_code} on {path}: {message}")
+            return NodeFullError(self.name, f"HTTP 507 (out of space) on {path}: {message}")
+        return NodeUnavailableError(self.name, f"HTTP {r.status_code} on {path}: {message}")
+
+
+def _outcome(put: Callable[[str, bytes], bool], chunk_id: str, data: bytes) -> Outcome:
+    """What ``put`` returned or raised, as a batch outcome."""
+    try:
+        return put(chunk_id, data)
+    except MedshardError as e:
+        return e
 
 
 def _json_or_empty(r: Response) -> dict[str, Any]:
@@ -301,7 +398,3 @@ def _json_or_empty(r: Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _error_text(r: Response) -> str:
-    return str(_json_or_empty(r).get("error") or r.text[:200] or r.reason_phrase)
