@@ -467,6 +467,21 @@ def bench_catalog(
     print(json.dumps(result, indent=2 if not as_json else None))
 
 
+@bench_app.command("nodeput")
+def bench_nodeput(
+    as_json: JsonOpt = False,
+    chunks: Annotated[int, typer.Option(help="Chunks per micro run")] = 1500,
+    writers: Annotated[int, typer.Option(help="Concurrent writer threads")] = 16,
+    rounds: Annotated[int, typer.Option(help="Runs of each mode (median)")] = 2,
+    instances: Annotated[int, typer.Option(help="Also the service path, N per run")] = 0,
+) -> None:
+    """CPU per chunk copy to storage nodes: single PUTs beside batched ones."""
+    from medshard.bench.nodeput import run_nodeput_bench
+
+    result = run_nodeput_bench(chunks=chunks, writers=writers, rounds=rounds, instances=instances)
+    print(json.dumps(result, indent=2 if not as_json else None))
+
+
 @bench_app.command("striping")
 def bench_striping(
     as_json: JsonOpt = False,

@@ -13,17 +13,14 @@ Two measurements, each mode beside the other in one run (alternating for ``round
 
 CPU is process CPU time (user + system), not wall time, so the figures hold on a loaded
 machine: a node's from ``/proc/PID/stat``, this process's from :func:`time.process_time`.
-Run ``python -m medshard.bench.nodeput`` (``--help`` for the sizes); it prints JSON.
+Run ``medshard bench nodeput [--instances N]`` (``--help`` for the sizes); it prints JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -195,26 +192,3 @@ def run_nodeput_bench(
         if instances:
             result["service"] = service(Path(tmp) / "service", instances, writers, nodes, rounds)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m medshard.bench.nodeput",
-        description="CPU per chunk copy to storage nodes, single PUTs beside batches (JSON)",
-    )
-    p.add_argument("--chunks", type=int, default=1500, help="chunks per micro run")
-    p.add_argument("--size", type=int, default=290_000, help="bytes per micro chunk")
-    p.add_argument("--writers", type=int, default=16, help="concurrent writer threads")
-    p.add_argument("--rounds", type=int, default=2, help="runs of each mode (median)")
-    p.add_argument("--in-flight", type=int, default=1, help="batches in flight per node")
-    p.add_argument("--instances", type=int, default=0, help="also the service path, N per run")
-    p.add_argument("--nodes", type=int, default=3, help="nodes of the service path")
-    args = p.parse_args(argv)
-    result = run_nodeput_bench(**vars(args))
-    json.dump(result, sys.stdout, indent=2)
-    print()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
