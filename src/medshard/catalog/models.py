@@ -235,6 +235,7 @@ Index("ix_replicas_chunk_state", Replica.chunk_pk, Replica.state)
 Index("ix_studies_patient_date", Study.patient_pk, Study.study_date)
 Index("ix_instances_source_site", Instance.source_site_id)
 Index("ix_care_sites_site_patient", CareSite.site_id, CareSite.patient_pk)
+Index("ix_series_study_modality", Series.study_pk, Series.modality)
 
 
 class AnalysisJob(Base):
