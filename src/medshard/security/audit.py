@@ -30,7 +30,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -49,7 +49,7 @@ from medshard.catalog.audit_rows import (
 )
 from medshard.catalog.db import Catalog, peek_scratch, transaction_scratch
 from medshard.catalog.models import utcnow
-from medshard.catalog.patient_keys import key_row_of, patient_id_of_pk
+from medshard.catalog.patient_keys import key_row_of
 from medshard.catalog.writes import PatientKeyRow
 from medshard.errors import ConfigError
 from medshard.storage.keys import KeyProvider
@@ -157,17 +157,24 @@ def _chain_at_commit(session: Session) -> None:
         log._chain(session, rows)
 
 
-#: Looks up a patient's plaintext key; None once the patient has been erased.
-PatientKeyOf = Callable[[Session, int], bytes | None]
+class PatientKey(NamedTuple):
+    """A patient's plaintext key and Patient ID, read together (one query per event)."""
+
+    key: bytes
+    patient_id: str
+
+
+#: Looks up a patient's plaintext key and id; None once the patient has been erased.
+PatientKeyOf = Callable[[Session, int], PatientKey | None]
 
 
 def patient_key_lookup(unwrap: Callable[[PatientKeyRow], bytes]) -> PatientKeyOf:
     """Reads the key columns only (:func:`medshard.catalog.patient_keys.key_row_of`): loading
     the ORM row for every audited read cost a third of the service's time under QIDO-RS."""
 
-    def lookup(session: Session, patient_pk: int) -> bytes | None:
+    def lookup(session: Session, patient_pk: int) -> PatientKey | None:
         row = key_row_of(session.connection(), patient_pk)
-        return None if row is None else unwrap(row)
+        return None if row is None else PatientKey(unwrap(row), row.patient_id)
 
     return lookup
 
@@ -225,13 +232,13 @@ class AuditLog:
         """The event's columns, sealed; ``seq``, ``prev_hash`` and ``hash`` come with the chain."""
         tag = sealed = None
         if event.patient_pk is not None:
-            pkey = self.patient_key_of(session, event.patient_pk)
-            if pkey is not None:
+            found = self.patient_key_of(session, event.patient_pk)
+            if found is not None:
                 if event.patient_id is None:  # sealed with the event, whoever recorded it
-                    event.patient_id = patient_id_of_pk(session.connection(), event.patient_pk)
-                tag = patient_tag(pkey)
+                    event.patient_id = found.patient_id
+                tag = patient_tag(found.key)
                 secret = event.secret_part()
-                sealed = seal(pkey, secret) if secret else None
+                sealed = seal(found.key, secret) if secret else None
         actor = "patient" if event.sealed_actor else event.actor
         return {
             "seq": 0,
@@ -391,9 +398,9 @@ def readable(session: Session, patient_key_of: PatientKeyOf, row: dict[str, Any]
     """An event with its sealed part opened, where the patient's key still exists."""
     secret: dict[str, str] = {}
     if row["sealed"] and row["patient_pk"] is not None:
-        pkey = patient_key_of(session, row["patient_pk"])
-        if pkey is not None:
-            secret = unseal(pkey, bytes(row["sealed"]))
+        found = patient_key_of(session, row["patient_pk"])
+        if found is not None:
+            secret = unseal(found.key, bytes(row["sealed"]))
     return ReadableEvent(
         seq=row["seq"],
         at=row["at"],
