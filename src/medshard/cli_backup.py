@@ -3,19 +3,25 @@
 ``medshard backup`` writes an encrypted backup of the catalog, settings and master key to
 the storage nodes now (the service does so every ``backup_interval_s`` on its own);
 ``medshard restore`` rebuilds a lost home from those backups, given the node names and URLs,
-the node secret and the recovery key. See :mod:`medshard.cluster.metadata_backup`.
+the node secret and the recovery key, and replays the object journal (objects acknowledged
+since the backup) onto it. See :mod:`medshard.cluster.metadata_backup`.
 """
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medshard.cli_security import HomeOpt, JsonOpt, _fail
 from medshard.errors import MedshardError
+
+if TYPE_CHECKING:
+    from medshard.cluster.archive import Archive, Put
 
 
 def backup(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
@@ -79,7 +85,9 @@ def restore(
 
     try:
         specs = [parse_node_spec(n) for n in node]
-        report = restore_home(resolve_home(home), specs, node_secret, recovery_key)
+        report = restore_home(
+            resolve_home(home), specs, node_secret, recovery_key, reingest=reingest_dicom
+        )
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -89,8 +97,33 @@ def restore(
         f"restored {report.home} from backup {report.backup_id} taken {report.created_at}: "
         f"{report.objects} objects, {report.instances} instances"
     )
+    journal = report.journal
+    if journal.get("objects"):
+        out.print(
+            f"object journal: {journal['replayed']} acknowledged since replayed, "
+            f"{journal['present']} already in the backup, {journal['rederivable']} "
+            f"re-derivable skipped, {len(journal['unrecoverable'])} not restored"
+        )
+    for problem in journal.get("unrecoverable", []):
+        out.print(f"[red]not restored[/red] {problem}")
     for warning in report.warnings:
         out.print(f"[yellow]note[/yellow] {warning}")
+
+
+def reingest_dicom(
+    archive: Archive,
+    put: Callable[..., Put[None]],
+    data: bytes,
+    source: str,
+    site_id: int | None,
+    on_commit: Callable[..., None],
+) -> tuple[str, str]:
+    """A journaled DICOM object through the ingest pipeline, recorded by ``put`` (restore)."""
+    from medshard.ingest.pipeline import Ingestor
+
+    ingestor = Ingestor(archive, put=put)
+    outcome = ingestor.ingest_stream(io.BytesIO(data), source, site_id=site_id, on_commit=on_commit)
+    return outcome.status, outcome.reason
 
 
 def _announce_key(key: str) -> None:

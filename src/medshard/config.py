@@ -83,9 +83,15 @@ class Settings:
     #: encrypted snapshot of the catalog, settings and master key to ``replicas`` storage
     #: nodes every this many seconds (0 disables), and soon after a node joins, leaves or dies;
     #: the newest ``backup_keep`` backups are kept. Objects acknowledged after the newest
-    #: backup are not in it: the window is at most this long.
+    #: backup are in the object journal instead (below), which ``medshard restore`` replays.
     backup_interval_s: float = 300.0
     backup_keep: int = 3
+    #: Write-ahead object journal (medshard/cluster/journal.py): before a write is
+    #: acknowledged, each group commit writes one sealed blob with the manifests of its
+    #: objects to ``replicas`` nodes (``write_quorum`` must take it, or the writes fail).
+    #: SQLite catalogs only (PostgreSQL has its standby); false: objects acknowledged after
+    #: the newest backup are lost with the service's disk.
+    journal: bool = True
     #: Timeout for one request to a storage node (seconds).
     node_timeout_s: float = 30.0
     #: Concurrent chunk copies to one node travel in one batch request (less CPU per copy on

@@ -107,6 +107,11 @@ class Catalog:
         self._group_lock = threading.Lock()
         self._group_queue: list[tuple[Callable[[Session], Any], Future[Any]]] = []
         self._group_leader = False
+        #: Run by a group commit's leader inside the group's transaction, after every piece
+        #: of work ran and before COMMIT (the archive's object journal); raising fails the
+        #: group as a failed commit would. What it returns, if anything, is called once the
+        #: transaction has ended, committed or rolled back.
+        self.before_group_commit: Callable[[Session], Callable[[], None] | None] | None = None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -161,13 +166,11 @@ class Catalog:
 
     def _commit_batch(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
         try:
-            with self.transaction() as session:
-                results = [work(session) for work, _f in batch]
+            results = self._commit_works([work for work, _f in batch])
         except Exception:
             for work, fut in batch:  # isolate the failing item(s)
                 try:
-                    with self.transaction() as session:
-                        result = work(session)
+                    result = self._commit_works([work])[0]
                 except Exception as exc:
                     fut.set_exception(exc)
                 else:  # only once its transaction has committed
@@ -175,6 +178,18 @@ class Catalog:
         else:
             for (_w, fut), result in zip(batch, results, strict=True):
                 fut.set_result(result)
+
+    def _commit_works(self, works: list[Callable[[Session], Any]]) -> list[Any]:
+        settled: Callable[[], None] | None = None
+        try:
+            with self.transaction() as session:
+                results = [work(session) for work in works]
+                if self.before_group_commit is not None:
+                    settled = self.before_group_commit(session)
+        finally:
+            if settled is not None:
+                settled()
+        return results
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar
@@ -18,10 +18,13 @@ from sqlalchemy.orm import Session
 
 from medshard import metrics
 from medshard.catalog.db import Catalog
+from medshard.catalog.journal_rows import RECORD_KINDS, link_facts
 from medshard.catalog.writes import PatientKeyRow, PatientValues, ensure_patient, patient_key_row
+from medshard.cluster.journal import REDERIVABLE_KINDS, Journal
 from medshard.cluster.nodes import NodePool
 from medshard.cluster.objects import ObjectStore, shard_of
 from medshard.config import Settings, load_settings
+from medshard.storage.envelope import wrap_data_key
 from medshard.storage.keys import key_provider_for
 
 T = TypeVar("T")
@@ -49,6 +52,12 @@ class Archive:
         self.keys = key_provider_for(settings.master_key_path)
         self.pool = NodePool(self.catalog, settings)
         self.store = ObjectStore(self.catalog, self.pool, self.keys, settings)
+        #: The write-ahead object journal (see medshard/cluster/journal.py); it writes only
+        #: when hooked into the group commit, on a SQLite catalog with ``journal`` set.
+        self.journal = Journal(settings, self.pool)
+        self.journaling = settings.journal and self.catalog.is_sqlite
+        if self.journaling:
+            self.catalog.before_group_commit = self.journal.flush
         self._care_sites: dict[tuple[str, int | None], tuple[float, list[str]]] = {}
         #: The service's HealthMonitor when one runs over this archive (for status).
         self.monitor: Any = None
@@ -64,13 +73,18 @@ class Archive:
         kind: str = "dicom",
         content_type: str = "application/dicom",
         care_sites: Sequence[str] = (),
+        facts: Mapping[str, Any] | None = None,
     ) -> Put[T]:
         """Encrypt, place and replicate ``stream``, then commit its rows in one transaction.
 
         The bytes go first: only once every chunk is durable at the write quorum are the
         patient (if new), object, chunk, replica and ``link`` rows committed, together, in a
-        group commit. If anything fails, before or during the commit, no row is kept and the
-        chunks already written are removed from their nodes.
+        group commit, whose leader first writes the manifests of the group's objects to the
+        object journal (a quorum of nodes). If anything fails, before or during the commit,
+        no row is kept and the chunks already written are removed from their nodes.
+
+        ``facts``: what a restore needs to rebuild the rows ``link`` adds, for the journal
+        (DICOM: ``source`` and ``site_id``); for record kinds they are read from those rows.
         """
         store = self.store
         with self.catalog.engine.connect() as conn:
@@ -83,6 +97,7 @@ class Archive:
             offered = known
         patient_key = store.patient_key(offered)  # refuses a crypto-shredded patient
         written = store.write(stream, care_sites=care_sites)
+        journaling = self.journaling and kind not in REDERIVABLE_KINDS
 
         def commit(session: Session) -> tuple[int, int, T]:
             row = known or ensure_patient(
@@ -96,7 +111,21 @@ class Archive:
             object_pk = store.record(
                 session, row, key, written, kind=kind, content_type=content_type
             )
-            return row.pk, object_pk, link(session, row.pk, object_pk)
+            linked = link(session, row.pk, object_pk)
+            if journaling:
+                self.journal.note(
+                    session,
+                    patient=patient,
+                    row=row,
+                    written=written,
+                    wrapped_key=wrap_data_key(key, written.data_key, written.object_key),
+                    kind=kind,
+                    content_type=content_type,
+                    facts=link_facts(session, kind, object_pk)
+                    if kind in RECORD_KINDS
+                    else facts or {},
+                )
+            return row.pk, object_pk, linked
 
         try:
             patient_pk, object_pk, linked = self.catalog.commit_grouped(commit)
@@ -136,6 +165,7 @@ class Archive:
         return cls(load_settings(home), probe=probe)
 
     def close(self) -> None:
+        self.journal.close()
         self.pool.close()
         self.catalog.dispose()
 

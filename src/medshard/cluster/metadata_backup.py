@@ -19,11 +19,12 @@ When: :class:`BackupScheduler` (driven by the service's monitor) backs up every
 ``backup_interval_s`` and soon after a node joins, leaves or changes availability (its copies
 may be gone); ``medshard backup`` takes one now. The newest ``backup_keep`` are kept.
 
-What a backup cannot hold: objects acknowledged after it was taken. Their chunks are on the
-nodes, but only the catalog knew their keys and places, so a restore from an older backup
-does not list them; the window is at most ``backup_interval_s`` (take ``medshard backup``
-after a large import). On PostgreSQL the catalog is not in the backup (settings and keys
-still are): the production answer there is streaming replication to a hot standby, whose
+Objects acknowledged after a backup are not in it: the write-ahead object journal
+(:mod:`medshard.cluster.journal`) holds their manifests on a quorum of nodes, and a restore
+replays them. A backup stored on ``write_quorum`` nodes or more trims the journal blobs its
+snapshot holds (:meth:`Journal.mark` before the snapshot, :meth:`Journal.trim` after). On
+PostgreSQL the catalog is not in the backup (settings and keys still are) and there is no
+journal: the production answer there is streaming replication to a hot standby, whose
 promotion loses nothing acknowledged.
 """
 
@@ -88,6 +89,7 @@ class BackupReport:
     instances: int | None
     recovery_key_created: bool = False
     pruned: int = 0
+    journal_trimmed: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -187,6 +189,7 @@ def take_backup(archive: Archive) -> BackupReport:
     settings = archive.settings
     key, key_created = ensure_recovery_key(settings)
     seal = BackupSeal(key)
+    mark = archive.journal.mark()  # before the snapshot: the journal blobs it will hold
     files, kind, counts = snapshot_files(settings)
     created_at = datetime.now(UTC)
     backup_id = new_backup_id(created_at)
@@ -248,6 +251,8 @@ def take_backup(archive: Archive) -> BackupReport:
         failures=failures,
     )
     report.pruned = prune(list(archive.pool.nodes.values()), settings.backup_keep)
+    if kind == "sqlite" and report.copies >= settings.write_quorum:
+        report.journal_trimmed = archive.journal.trim(list(archive.pool.nodes.values()), mark)
     save_state(settings, {"last": report.as_dict(), "last_error": None})
     if report.copies < settings.replicas:
         log.warning(

@@ -9,9 +9,12 @@ against the manifest's SHA-256) can all be fetched from some node, and writes th
 settings and master key into a new home. The catalog's records of nodes whose URL changed
 are updated to the URLs given, and the schema is migrated to this version.
 
-Objects acknowledged after that backup was taken are not in it (their chunks sit on the
-nodes unnamed, and the reconciler will delete them as orphans after ``orphan_grace_s``);
-the report says when the backup was taken so the operator knows the window.
+Objects acknowledged after that backup was taken are not in it, but their manifests are in
+the write-ahead object journal on the nodes: :func:`restore_home` then replays it
+(:mod:`medshard.cluster.journal_replay`), so they are named again before any service runs
+on the new home (whose reconciler would otherwise delete their chunks as orphans after
+``orphan_grace_s``). The report counts the journaled objects replayed, skipped as present
+in the backup or re-derivable (thumbnails), and those it could not restore, with why.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from medshard.catalog.db import Catalog, migrate
 from medshard.catalog.topology_rows import set_node_url
 from medshard.cluster.backup_format import BackupSeal, manifest_name, parse_blob_name, unpack_files
+from medshard.cluster.journal_replay import DicomReingest, replay_journal
 from medshard.config import CONFIG_NAME, load_settings
 from medshard.errors import (
     ConfigError,
@@ -51,6 +55,8 @@ class RestoreReport:
     node_urls_updated: list[str] = field(default_factory=list)
     skipped_backups: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The object journal replayed after the backup (see journal_replay.ReplayReport).
+    journal: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,8 +80,11 @@ def restore_home(
     recovery_key: str,
     *,
     timeout_s: float = 30.0,
+    reingest: DicomReingest | None = None,
 ) -> RestoreReport:
-    """Write a new home at ``home`` from the newest usable backup on ``nodes``.
+    """Write a new home at ``home`` from the newest usable backup on ``nodes``, then replay
+    the object journal onto it (DICOM objects through ``reingest``; without it they are
+    reported as not restored).
 
     Raises
     ------
@@ -131,9 +140,32 @@ def restore_home(
                     f"no backup opens with this recovery key (wrong key?): {detail}"
                 ) from problems[0][1]
             raise StorageError(f"no backup could be read whole: {detail}") from problems[0][1]
+        report = _restored(home, nodes, recovery_key, backup_id, manifest, files)
+        report.nodes_answered, report.nodes_unreachable = sorted(listing), unreachable
+        report.skipped_backups = [f"{bid}: {exc}" for bid, exc in problems]
+        if "catalog.db" in files:
+            replayed = replay_journal(home, seal, clients, listing, reingest)
+            report.journal = asdict(replayed)
+            if replayed.unrecoverable:
+                report.warnings.append(
+                    f"{len(replayed.unrecoverable)} journaled object(s) acknowledged after "
+                    f"{report.created_at} could not be restored: see journal.unrecoverable"
+                )
     finally:
         for client in clients:
             client.close()
+    return report
+
+
+def _restored(
+    home: Path,
+    nodes: list[tuple[str, str]],
+    recovery_key: str,
+    backup_id: str,
+    manifest: dict[str, Any],
+    files: dict[str, bytes],
+) -> RestoreReport:
+    """Write the backup's files into the new home; the report so far."""
     report = RestoreReport(
         home=str(home),
         backup_id=backup_id,
@@ -142,13 +174,11 @@ def restore_home(
         objects=manifest.get("counts", {}).get("objects"),
         instances=manifest.get("counts", {}).get("instances"),
         files=sorted(files),
-        nodes_answered=sorted(listing),
-        nodes_unreachable=unreachable,
-        skipped_backups=[f"{bid}: {exc}" for bid, exc in problems],
+        nodes_answered=[],
+        nodes_unreachable=[],
     )
     _write_home(home, files, recovery_key, report)
     report.node_urls_updated = _update_node_urls(home, nodes)
-    report.warnings.append(f"objects acknowledged after {report.created_at} are not in this backup")
     return report
 
 

@@ -31,7 +31,7 @@ from medshard.catalog.writes import (
     insert_instance,
     stored_sha256_of_instance,
 )
-from medshard.cluster.archive import Archive
+from medshard.cluster.archive import Archive, Put
 from medshard.errors import IdentityConflictError, InvalidInputError, MedshardError
 from medshard.ingest.dicom import InstanceFields, instance_fields, read_header
 from medshard.ingest.validate import validate_stream
@@ -45,6 +45,9 @@ InstanceHook = Callable[[Session, Instance, InstanceFields], None]
 #: Like :data:`InstanceHook`, for one call: (session, patient pk, instance, fields). The
 #: security layer passes one to attach care team and audit rows to the instance's commit.
 CommitHook = Callable[[Session, int, Instance, InstanceFields], None]
+#: Stores an instance's bytes and commits its rows: :meth:`Archive.put_object`, unless a
+#: restore replaying the object journal records an object already on the nodes instead.
+PutObject = Callable[..., Put[None]]
 
 
 class Rejection(StrEnum):
@@ -91,8 +94,15 @@ class Ingestor:
     #: Entries of the filed-rows cache before it is emptied (bounded memory).
     FILED_LIMIT = 100_000
 
-    def __init__(self, archive: Archive, *, hooks: Sequence[InstanceHook] = ()) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        hooks: Sequence[InstanceHook] = (),
+        put: PutObject | None = None,
+    ) -> None:
         self.archive = archive
+        self._put = put
         #: Run in every instance's commit; the application layer adds analysis here
         #: (:func:`medshard.api.ingestors.analysed_ingestor`), so ingest never imports analysis.
         self.hooks: list[InstanceHook] = list(hooks)
@@ -243,7 +253,9 @@ class Ingestor:
             fields.patient_id, fields.patient_name, fields.patient_birth_date, fields.patient_sex
         )
         care_sites = self.archive.care_sites(fields.patient_id, site_id)  # copies go near them
-        put = self.archive.put_object(patient, fh, link, care_sites=care_sites)
+        facts = {"source": source[:1024], "site_id": site_id}  # for the object journal
+        put_object = self._put or self.archive.put_object
+        put = put_object(patient, fh, link, care_sites=care_sites, facts=facts)
         if len(self._filed) > self.FILED_LIMIT:
             self._filed.clear()
         self._filed.update(seen)  # only now: those rows are committed

@@ -1,0 +1,294 @@
+"""Write-ahead object journal: no acknowledged object depends on the service's disk alone.
+
+A metadata backup (:mod:`medshard.cluster.metadata_backup`) is a snapshot: an object
+acknowledged after it has its chunks on the nodes, but its data key (wrapped by the
+patient's key) and, for a new patient, the patient's key too exist only in the catalog. So
+before a write is acknowledged its *manifest* is made durable on the nodes as well: object
+key, kind, content type, size, SHA-256, chunk size, chunks (ids, sizes, indices, the nodes
+written), the patient (id, demographics, wrapped key and master key id), the data key
+wrapped under the patient's key exactly as the catalog stores it, and the link facts a
+restore needs to rebuild the object's rows (a DICOM instance's source and site: its other
+rows come back from its own bytes; a document's or sensor series' rows: see
+:mod:`medshard.catalog.journal_rows`). ``medshard restore`` replays the manifests of every
+object its backup lacks (:mod:`medshard.cluster.journal_replay`). Thumbnails are not
+journaled: the viewer makes one again on first request. On by default for a SQLite catalog
+(setting ``journal``); a PostgreSQL catalog is not in the backups and has its standby.
+
+One blob per group commit, not one per object: :meth:`Journal.flush` is the catalog's
+``before_group_commit`` hook, so the leader of a group commit writes one blob holding the
+manifests of every write in the group, sealed with the recovery key like the backups
+(:class:`~medshard.cluster.backup_format.BackupSeal`; nodes see ciphertext only), as a named
+blob to ``replicas`` live nodes (distinct sites first) in parallel. Under concurrent ingest a
+group holds many objects, so the journal costs a few named-blob PUTs per group.
+
+Order: inside the group's transaction, after every write's rows were added and before
+COMMIT; the chunks are durable by then (``put_object`` writes them first). So
+
+- the manifest holds what the catalog commits: the patient row (and key) that won a race
+  between two writers of a new patient, and the very wrapped data key of the object row;
+- a journal short of ``write_quorum`` raises, the transaction rolls back and the writes fail
+  and their chunks are discarded, exactly like a chunk short of quorum (the group is then
+  retried a write at a time, as after any failed group commit, each with its own blob);
+- a COMMIT that fails after the blob was written leaves the manifest of a write that was
+  not acknowledged; its chunks are discarded, and a restore skips an object whose chunks
+  are gone (or whose row exists). Writing after COMMIT instead would need committed rows,
+  audit entries and queue rows undone when the journal fails.
+
+Blob names are ``journal-<time>-<writer>-<seq>``: the UTC time of the write (so names sort
+in time order), this process's random writer id, and its sequence number. A backup trims
+what its snapshot holds (:meth:`Journal.mark` before the snapshot, :meth:`Journal.trim`
+once the backup has a quorum of copies): this process's blobs settled (committed or rolled
+back) before the snapshot began, and any writer's blobs older than :data:`TRIM_SLACK_S`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy.orm import Session
+
+from medshard import metrics
+from medshard.catalog.db import peek_scratch, transaction_scratch
+from medshard.catalog.journal_rows import site_name_of
+from medshard.cluster.backup_format import BackupSeal, new_backup_id
+from medshard.cluster.metadata_backup import choose_targets, ensure_recovery_key
+from medshard.config import Settings
+from medshard.errors import MedshardError, NoQuorumError
+
+if TYPE_CHECKING:
+    from medshard.catalog.writes import PatientKeyRow, PatientValues
+    from medshard.cluster.nodes import NodeHandle, NodePool
+    from medshard.cluster.objects import WrittenObject
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FORMAT: Final = 1
+_NAME_RE: Final = re.compile(r"journal-(\d{8}t\d{12}z)-([0-9a-f]{8})-(\d{8,})")
+_SCRATCH_KEY: Final = "journal"
+#: Kinds not journaled: made again from what is (a thumbnail, on its first request).
+REDERIVABLE_KINDS: Final = ("thumbnail",)
+#: A backup deletes another process's journal blobs (``medshard import`` beside the
+#: service) only once they are this much older than its snapshot: by then their transaction
+#: has long ended (the blob is written just before COMMIT), so the snapshot holds their rows.
+TRIM_SLACK_S = 600.0
+
+
+def journal_name(stamp: str, writer: str, seq: int) -> str:
+    return f"journal-{stamp}-{writer}-{seq:08d}"
+
+
+def parse_journal_name(name: str) -> tuple[str, str, int] | None:
+    """(time stamp, writer, seq) of a journal blob's name, else None."""
+    match = _NAME_RE.fullmatch(name)
+    return (match.group(1), match.group(2), int(match.group(3))) if match else None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass(frozen=True)
+class JournalMark:
+    """What a backup's snapshot, begun after this mark, is sure to hold."""
+
+    writer: str
+    #: This writer's blobs below this seq had settled when the mark was taken.
+    settled_below: int
+    #: Any writer's blobs stamped before this (the mark's time less TRIM_SLACK_S).
+    before: str
+
+    def covers(self, name: str) -> bool:
+        parsed = parse_journal_name(name)
+        if parsed is None:
+            return False
+        stamp, writer, seq = parsed
+        return (writer == self.writer and seq < self.settled_below) or stamp < self.before
+
+
+class Journal:
+    """This process's journal writer (one per :class:`~medshard.cluster.archive.Archive`)."""
+
+    def __init__(self, settings: Settings, pool: NodePool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.writer = secrets.token_hex(4)
+        self.blobs = 0
+        self.objects = 0
+        self._seq = 0
+        self._inflight: set[int] = set()
+        self._lock = threading.Lock()
+        self._seal: BackupSeal | None = None
+        self._sites: dict[int, str | None] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- write path -----------------------------------------------------------------------------
+    def note(
+        self,
+        session: Session,
+        *,
+        patient: PatientValues,
+        row: PatientKeyRow,
+        written: WrittenObject,
+        wrapped_key: bytes,
+        kind: str,
+        content_type: str,
+        facts: Mapping[str, Any],
+    ) -> None:
+        """Add an object's manifest to its transaction's blob (written by :meth:`flush`)."""
+        link = dict(facts)
+        for key in [k for k in link if k.endswith("site_id")]:  # ids are the catalog's own
+            site_pk = link.pop(key)
+            link[key.removesuffix("_id")] = self._site_name(session, site_pk)
+        manifest = {
+            "key": written.object_key,
+            "kind": kind,
+            "content_type": content_type,
+            "size": written.size,
+            "sha256": written.sha256,
+            "chunk_size": written.chunk_size,
+            "chunks": [[c.idx, c.chunk_id, c.size, c.nodes] for c in written.chunks],
+            "patient": {
+                "id": row.patient_id,
+                "name": patient.name,
+                "birth_date": patient.birth_date,
+                "sex": patient.sex,
+                "shard": row.shard,
+                "wrapped_key": b64(row.wrapped_key or b""),
+                "key_id": row.master_key_id,
+            },
+            "data_key": b64(wrapped_key),
+            "link": link,
+        }
+        transaction_scratch(session).setdefault(_SCRATCH_KEY, []).append(manifest)
+
+    def _site_name(self, session: Session, site_pk: int | None) -> str | None:
+        if site_pk is None:
+            return None
+        if site_pk not in self._sites:
+            self._sites[site_pk] = site_name_of(session, site_pk)
+        return self._sites[site_pk]
+
+    def flush(self, session: Session) -> Callable[[], None] | None:
+        """Write the transaction's manifests as one blob to a quorum of nodes, or raise.
+
+        The catalog's ``before_group_commit`` hook; returns what marks the blob settled.
+        """
+        scratch = peek_scratch(session)
+        manifests = scratch.get(_SCRATCH_KEY) if scratch else None
+        if not manifests:
+            return None
+        with self._lock:
+            seq, self._seq = self._seq, self._seq + 1
+            self._inflight.add(seq)
+            stamp = new_backup_id(datetime.now(UTC))
+        settle = partial(self._settle, seq)
+        try:
+            self._write(journal_name(stamp, self.writer, seq), seq, manifests)
+        except BaseException:
+            settle()
+            raise
+        self.blobs += 1
+        self.objects += len(manifests)
+        return settle
+
+    def _settle(self, seq: int) -> None:
+        with self._lock:
+            self._inflight.discard(seq)
+
+    def _write(self, name: str, seq: int, manifests: list[dict[str, Any]]) -> None:
+        quorum = self.settings.write_quorum
+        body = {"format": JOURNAL_FORMAT, "writer": self.writer, "seq": seq, "objects": manifests}
+        blob = self.seal().seal(name, json.dumps(body, separators=(",", ":")).encode())
+        targets = choose_targets(list(self.pool.nodes.values()), self.settings.replicas)
+        if len(targets) < quorum:
+            metrics.QUORUM_FAILURES.inc()
+            raise NoQuorumError(
+                f"only {len(targets)} live storage node(s) for the object journal's write "
+                f"quorum of {quorum}; nothing was acknowledged"
+            )
+        executor = self._pool()
+        futures = [(t, executor.submit(t.client.put_meta, name, blob)) for t in targets]
+        held: list[NodeHandle] = []
+        for handle, future in futures:
+            try:
+                future.result()
+            except MedshardError as exc:
+                self.pool.mark_failed(handle.name)
+                log.warning("journal blob %s not written to %s: %s", name, handle.name, exc)
+            else:
+                held.append(handle)
+        if len(held) < quorum:
+            metrics.QUORUM_FAILURES.inc()
+            for handle in held:  # best effort: a manifest without its commit is skipped anyway
+                try:
+                    handle.client.delete_meta(name)
+                except MedshardError:
+                    pass
+            raise NoQuorumError(
+                f"the object journal reached {len(held)} node(s), below the write quorum "
+                f"{quorum}; nothing was acknowledged (check `medshard status`)"
+            )
+
+    def seal(self) -> BackupSeal:
+        if self._seal is None:
+            key, created = ensure_recovery_key(self.settings)
+            if created:
+                log.warning(
+                    "created the recovery key %s for the object journal: copy it off this "
+                    "machine; restoring a lost home needs it",
+                    self.settings.recovery_key_path,
+                )
+            self._seal = BackupSeal(key)
+        return self._seal
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max(self.settings.replicas, 1), thread_name_prefix="journal"
+                )
+            return self._executor
+
+    # -- trimming -------------------------------------------------------------------------------
+    def mark(self) -> JournalMark:
+        """Taken just before a backup's snapshot: which blobs that snapshot will hold."""
+        with self._lock:
+            settled_below = min(self._inflight, default=self._seq)
+        before = datetime.now(UTC) - timedelta(seconds=TRIM_SLACK_S)
+        return JournalMark(self.writer, settled_below, new_backup_id(before))
+
+    @staticmethod
+    def trim(handles: list[NodeHandle], mark: JournalMark) -> int:
+        """Delete, on every live node, the journal blobs ``mark`` covers; how many went."""
+        deleted = 0
+        for handle in handles:
+            if not handle.available:
+                continue
+            try:
+                names = [str(b["name"]) for b in handle.client.list_meta()]
+                for name in names:
+                    if mark.covers(name):
+                        deleted += handle.client.delete_meta(name)
+            except MedshardError as exc:
+                log.info("journal trim on %s deferred: %s", handle.name, exc)
+        return deleted
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            inflight = len(self._inflight)
+        return {"blobs": self.blobs, "objects": self.objects, "in_flight": inflight}
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
