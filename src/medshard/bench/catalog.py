@@ -174,6 +174,7 @@ def run_catalog_bench(
         with _scratch_database(db, root) as url:
             settings, _ = init_home(root / "home", db_url=url)
             settings.analysis_rules = []
+            settings.journal = False  # its blobs go to the nodes: node I/O is left out
             catalog = Catalog(settings.database_url)
             for i, name in enumerate(NODE_NAMES):
                 register_node(
