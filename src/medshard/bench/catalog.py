@@ -12,6 +12,7 @@ On PostgreSQL a scratch database is created beside the one in ``--db`` and dropp
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import itertools
@@ -284,6 +285,7 @@ def _measure(
         }
     gate.close()
     result["failed"] = recorder.failed
+    gc.freeze()  # as `medshard serve` does once started (medshard/api/server.py)
     result["qido"] = _qido(archive, Caller(doctor, Gate(archive)), patients, queries, seed)
     result["qido_catalog_instances"] = total
     result["what"] = (

@@ -92,7 +92,7 @@ def insert_if_absent(session: Session, model: type, values: Mapping[str, Any], k
     session.connection().execute(statement, [dict(values)])
 
 
-_PATIENT_KEY_COLUMNS = (
+PATIENT_KEY_COLUMNS = (
     Patient.id,
     Patient.patient_id,
     Patient.shard,
@@ -101,9 +101,7 @@ _PATIENT_KEY_COLUMNS = (
 )
 
 
-_PATIENT_KEY_ROW = select(*_PATIENT_KEY_COLUMNS).where(
-    Patient.patient_id == bindparam("patient_id")
-)
+_PATIENT_KEY_ROW = select(*PATIENT_KEY_COLUMNS).where(Patient.patient_id == bindparam("patient_id"))
 
 
 def patient_key_row(conn: Connection | Session, patient_id: str) -> PatientKeyRow | None:
@@ -112,7 +110,7 @@ def patient_key_row(conn: Connection | Session, patient_id: str) -> PatientKeyRo
     return PatientKeyRow(*row) if row is not None else None
 
 
-_PATIENT_KEY_ROW_BY_PK = select(*_PATIENT_KEY_COLUMNS).where(Patient.id == bindparam("pk"))
+_PATIENT_KEY_ROW_BY_PK = select(*PATIENT_KEY_COLUMNS).where(Patient.id == bindparam("pk"))
 
 
 def patient_key_row_by_pk(conn: Connection | Session, patient_pk: int) -> PatientKeyRow | None:

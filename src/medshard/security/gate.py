@@ -49,7 +49,9 @@ class Gate:
         self.settings = archive.settings
         self.catalog = archive.catalog
         self.patient_key_of = patient_key_lookup(archive.store.patient_key)
-        self.audit = AuditLog(self.catalog, self._master_key, self.patient_key_of)
+        self.audit = AuditLog(
+            self.catalog, self._master_key, self.patient_key_of, unwrap=archive.store.patient_key
+        )
         self._cache: dict[str, tuple[tokens.Resolved, float]] = {}
         self._touched: dict[int, float] = {}
         self._lock = threading.Lock()
