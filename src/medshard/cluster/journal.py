@@ -64,7 +64,7 @@ from medshard.catalog.journal_rows import site_name_of
 from medshard.cluster.backup_format import BackupSeal, new_backup_id
 from medshard.cluster.metadata_backup import choose_targets, ensure_recovery_key
 from medshard.config import Settings
-from medshard.errors import MedshardError, NoQuorumError
+from medshard.errors import MedshardError, NodeFullError, NoQuorumError
 
 if TYPE_CHECKING:
     from medshard.catalog.writes import PatientKeyRow, PatientValues
@@ -210,7 +210,8 @@ class Journal:
         quorum = self.settings.write_quorum
         body = {"format": JOURNAL_FORMAT, "writer": self.writer, "seq": seq, "objects": manifests}
         blob = self.seal().seal(name, json.dumps(body, separators=(",", ":")).encode())
-        targets = choose_targets(list(self.pool.nodes.values()), self.settings.replicas)
+        candidates = choose_targets(list(self.pool.nodes.values()), len(self.pool.nodes))
+        targets, spares = candidates[: self.settings.replicas], candidates[self.settings.replicas :]
         if len(targets) < quorum:
             metrics.QUORUM_FAILURES.inc()
             raise NoQuorumError(
@@ -218,16 +219,24 @@ class Journal:
                 f"quorum of {quorum}; nothing was acknowledged"
             )
         executor = self._pool()
-        futures = [(t, executor.submit(t.client.put_meta, name, blob)) for t in targets]
         held: list[NodeHandle] = []
-        for handle, future in futures:
-            try:
-                future.result()
-            except MedshardError as exc:
-                self.pool.mark_failed(handle.name)
-                log.warning("journal blob %s not written to %s: %s", name, handle.name, exc)
-            else:
-                held.append(handle)
+        while targets:
+            futures = [(t, executor.submit(t.client.put_meta, name, blob)) for t in targets]
+            failed = 0
+            for handle, future in futures:
+                try:
+                    future.result()
+                except NodeFullError as exc:  # full, not failed: it still serves reads
+                    self.pool.mark_full(handle.name)
+                    failed += 1
+                    log.warning("journal blob %s not written to %s: %s", name, handle.name, exc)
+                except MedshardError as exc:
+                    self.pool.mark_failed(handle.name)
+                    failed += 1
+                    log.warning("journal blob %s not written to %s: %s", name, handle.name, exc)
+                else:
+                    held.append(handle)
+            targets, spares = spares[:failed], spares[failed:]  # a copy elsewhere for each
         if len(held) < quorum:
             metrics.QUORUM_FAILURES.inc()
             for handle in held:  # best effort: a manifest without its commit is skipped anyway

@@ -162,11 +162,11 @@ def _read_keys(home: Path) -> dict[str, bytes]:
 
 
 def choose_targets(handles: list[NodeHandle], count: int) -> list[NodeHandle]:
-    """Up to ``count`` live nodes for the backup's copies: one per site first, active
-    (not draining) and reliable nodes first."""
+    """Up to ``count`` live nodes for the backup's copies: one per site first, nodes with
+    room, active (not draining) and reliable nodes first."""
     live = sorted(
         (h for h in handles if h.available),
-        key=lambda h: (h.admin_state != "active", -h.reliability, h.name),
+        key=lambda h: (h.full, h.admin_state != "active", -h.reliability, h.name),
     )
     chosen: list[NodeHandle] = []
     sites: set[str] = set()
