@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from medshard.bench.catalog import PREFILL_SHAPE, _generate_uid, run_catalog_bench
 from medshard.bench.catalog_prefill import prefill
 from medshard.catalog.models import CareSite, Instance, Patient, Replica, Series, Study
+from medshard.catalog.writes import patient_key_row
 from medshard.cluster.archive import Archive
 from medshard.cluster.nodes import register_node
 from medshard.home import init_home
@@ -29,11 +30,9 @@ def test_prefill_leaves_the_rows_the_record_path_would(tmp_path) -> None:
             assert made == 3 == count(Patient) == count(CareSite)  # 40 instances a patient
             assert count(Study) == 6 and count(Series) == 12
             assert count(Instance) == 90 and count(Replica) == 270
-            key = session.scalar(select(Patient.wrapped_key).limit(1))
-            patient_id = session.scalar(select(Patient.patient_id).limit(1))
-        assert archive.store.patient_key(
-            type("Row", (), {"patient_id": patient_id, "wrapped_key": key, "master_key_id": ""})()
-        )  # a real wrapped key: it unwraps under the master key
+            row = patient_key_row(session, "BENCH-3-0000001")
+        assert row is not None  # named as the record path's bench names its patients
+        assert len(archive.store.patient_key(row)) == 32  # a real wrapped key: it unwraps
     finally:
         archive.close()
 

@@ -108,8 +108,9 @@ class Archive:
                 key_id=offered.master_key_id,
             )
             key = patient_key if row.wrapped_key == offered.wrapped_key else store.patient_key(row)
+            wrapped = wrap_data_key(key, written.data_key, written.object_key)
             object_pk = store.record(
-                session, row, key, written, kind=kind, content_type=content_type
+                session, row, wrapped, written, kind=kind, content_type=content_type
             )
             linked = link(session, row.pk, object_pk)
             if journaling:
@@ -118,7 +119,7 @@ class Archive:
                     patient=patient,
                     row=row,
                     written=written,
-                    wrapped_key=wrap_data_key(key, written.data_key, written.object_key),
+                    wrapped_key=wrapped,
                     kind=kind,
                     content_type=content_type,
                     facts=link_facts(session, kind, object_pk)

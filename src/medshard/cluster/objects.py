@@ -66,7 +66,6 @@ from medshard.storage.envelope import (
     new_key,
     patient_key_context,
     unwrap_data_key,
-    wrap_data_key,
 )
 from medshard.storage.keys import KeyProvider, key_provider_for
 
@@ -328,13 +327,16 @@ class ObjectStore:
         self,
         session: Session,
         patient: PatientKeyRow,
-        patient_key: bytes,
+        wrapped_key: bytes,
         written: WrittenObject,
         *,
         kind: str = "dicom",
         content_type: str = "application/dicom",
     ) -> int:
-        """Add the object's catalog rows in the caller's transaction; returns its primary key."""
+        """Add the object's catalog rows in the caller's transaction; returns its primary key.
+
+        ``wrapped_key``: the object's data key wrapped under the patient's key
+        (:func:`~medshard.storage.envelope.wrap_data_key`), as the journal records it too."""
         row = ObjectRow(
             object_key=written.object_key,
             kind=kind,
@@ -342,7 +344,7 @@ class ObjectStore:
             size=written.size,
             sha256=written.sha256,
             chunk_size=written.chunk_size,
-            wrapped_key=wrap_data_key(patient_key, written.data_key, written.object_key),
+            wrapped_key=wrapped_key,
             chunks=[
                 (c.idx, c.chunk_id, c.size, [self.pool.get(n).pk for n in c.nodes])
                 for c in written.chunks
