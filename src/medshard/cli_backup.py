@@ -98,11 +98,13 @@ def restore(
         f"{report.objects} objects, {report.instances} instances"
     )
     journal = report.journal
-    if journal.get("objects"):
+    if journal.get("blobs"):
         out.print(
             f"object journal: {journal['replayed']} acknowledged since replayed, "
             f"{journal['present']} already in the backup, {journal['rederivable']} "
-            f"re-derivable skipped, {len(journal['unrecoverable'])} not restored"
+            f"re-derivable skipped, {journal['removed']} removed later, "
+            f"{journal['removals_applied']} erasures and study deletions applied, "
+            f"{len(journal['unrecoverable'])} not restored"
         )
     for problem in journal.get("unrecoverable", []):
         out.print(f"[red]not restored[/red] {problem}")

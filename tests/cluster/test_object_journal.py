@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from medshard.api.dicomweb.multipart import boundary_of, iter_parts_sync
 from medshard.bench.data import generate_instances
-from medshard.catalog.models import Instance, Patient, StoredObject
+from medshard.catalog.models import Instance, Patient, StoredObject, Study
 from medshard.cli import app
 from medshard.cluster import journal
 from medshard.cluster.archive import Archive
@@ -287,3 +287,92 @@ def test_a_backup_trims_the_journal_it_holds(
         report = take_backup(archive)
         assert report.journal_trimmed == 4 * 3
     assert not any(_journal_on(dep).values())
+
+
+def _patient_and_study(path: Path) -> tuple[str, str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return str(ds.get("PatientID", "")), str(ds.StudyInstanceUID)
+
+
+def test_erasures_and_study_deletions_after_the_backup_survive_losing_the_home(
+    sqlite_deployment: Deployment, tmp_path: Path
+) -> None:
+    """A patient erased, or a study deleted, after the last backup stays gone after a restore:
+    whether the backup held them or they came later, their objects are not replayed."""
+    dep = sqlite_deployment
+    key = (dep.home / "recovery.key").read_text().strip()
+    first = [Path(i["path"]) for i in dep.cli_json("import", str(sample_dicom_dir()))["imported"]]
+    by_patient: dict[str, dict[str, int]] = {}
+    for path in first:
+        patient, study = _patient_and_study(path)
+        if not patient:  # filed under an id the archive makes up
+            continue
+        by_patient.setdefault(patient, {}).setdefault(study, 0)
+        by_patient[patient][study] += 1
+    assert len(by_patient) >= 3, by_patient
+    old_erased, old_deleter, old_kept = sorted(by_patient)[:3]
+    (old_study, old_study_count), *_ = by_patient[old_deleter].items()
+    dep.cli_json("backup")
+
+    later = tmp_path / "later"
+    generate_instances(later, 12, patients=3, seed=12)
+    later_by_patient: dict[str, dict[str, int]] = {}
+    for path in later.glob("*.dcm"):
+        patient, study = _patient_and_study(path)
+        later_by_patient.setdefault(patient, {}).setdefault(study, 0)
+        later_by_patient[patient][study] += 1
+    assert len(later_by_patient) == 3, later_by_patient
+    new_erased, new_deleter, new_kept = sorted(later_by_patient)
+    (new_study, new_study_count), *_ = later_by_patient[new_deleter].items()
+    assert len(dep.cli_json("import", str(later))["imported"]) == 12
+
+    for patient in (old_erased, new_erased):
+        assert dep.cli_json("patient", "erase", patient, "--yes")["studies"] >= 1
+    password = "correct horse battery staple 42"
+    dep.cli("user", "add", "root", "--role", "admin", "--password", password)
+    svc = start_service(dep, backup_interval_s=0.0)
+    try:
+        token = httpx.post(
+            f"{svc.url}/api/auth/token", data={"username": "root", "password": password}
+        ).json()["access_token"]
+        for study in (old_study, new_study):
+            deleted = httpx.delete(
+                f"{svc.url}/api/studies/{study}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=60,
+            )
+            assert deleted.status_code == 200, deleted.text
+    finally:
+        svc.process.stop()
+
+    shutil.rmtree(dep.home)
+    home = dep.home.parent / "restored"
+    args = ["restore", "--home", str(home), "--recovery-key", key, "--json"]
+    for node in dep.nodes:
+        args += ["--node", f"{node.name}={node.url}"]
+    env = {"MEDSHARD_NODE_SECRET": dep.settings.node_secret}
+    result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    replay = json.loads(result.stdout)["journal"]
+    assert replay["unrecoverable"] == [], replay
+    # the backup held the old patient and study: their rows go again; the new ones never came
+    assert replay["removals_applied"] == 2
+    taken = (
+        sum(by_patient[old_erased].values())
+        + old_study_count
+        + sum(later_by_patient[new_erased].values())
+        + new_study_count
+    )
+    assert replay["removed"] == taken
+    assert replay["replayed"] == 12 - sum(later_by_patient[new_erased].values()) - new_study_count
+
+    with Archive.open(home) as archive, archive.catalog.session() as session:
+        patients = set(session.scalars(select(Patient.patient_id)))
+        studies = set(session.scalars(select(Study.study_instance_uid)))
+        instances = session.scalar(select(func.count()).select_from(Instance))
+    assert old_erased not in patients and new_erased not in patients
+    # (a patient whose only study was deleted before any backup held them does not come back:
+    # nothing of theirs is left to restore)
+    assert {old_kept, new_kept, old_deleter} <= patients
+    assert old_study not in studies and new_study not in studies
+    assert instances == len(first) + 12 - taken

@@ -114,6 +114,24 @@ def erase_patient_rows(session: Session, patient_pk: int, patient_id: str) -> Er
     return Erased(len(study_pks), instances, len(object_pks), copies)
 
 
+def study_object_keys(session: Session, study_pk: int) -> list[str]:
+    """The keys of a study's objects (instances and thumbnails): what a study's deletion
+    takes away, for the object journal."""
+    series_pks = select(Series.id).where(Series.study_pk == study_pk)
+    object_pks = (
+        select(Instance.object_pk)
+        .where(Instance.series_pk.in_(series_pks))
+        .union(
+            select(Instance.thumbnail_object_pk).where(
+                Instance.series_pk.in_(series_pks), Instance.thumbnail_object_pk.is_not(None)
+            )
+        )
+    )
+    return list(
+        session.scalars(select(StoredObject.object_key).where(StoredObject.id.in_(object_pks)))
+    )
+
+
 def erase_study_rows(session: Session, study_pk: int) -> Erased:
     """Delete a study with its series, instances, objects, findings and shares, and queue
     its objects' chunk copies for deletion."""

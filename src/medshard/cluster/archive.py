@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar
@@ -135,6 +136,21 @@ class Archive:
             raise
         metrics.PUT_TOTAL.labels(kind).inc()
         return Put(patient_pk, object_pk, written.size, written.min_copies, linked)
+
+    @contextmanager
+    def journaled_transaction(self) -> Iterator[Session]:
+        """A catalog transaction whose journal entries (removals, noted with
+        ``self.journal.note_removal``) are written to a quorum of nodes before it commits,
+        as a group commit's are; a journal short of quorum rolls it back."""
+        settled: Callable[[], None] | None = None
+        try:
+            with self.catalog.transaction() as session:
+                yield session
+                if self.journaling:
+                    settled = self.journal.flush(session)
+        finally:
+            if settled is not None:
+                settled()
 
     #: Seconds a patient's care sites are remembered for placement: a series of 200 slices
     #: asks once, not 200 times (four queries each); a care-team change is seen within this.

@@ -14,6 +14,12 @@ object its backup lacks (:mod:`medshard.cluster.journal_replay`). Thumbnails are
 journaled: the viewer makes one again on first request. On by default for a SQLite catalog
 (setting ``journal``); a PostgreSQL catalog is not in the backups and has its standby.
 
+Removals are journaled too (:meth:`Journal.note_removal`, in the removing transaction
+through :meth:`~medshard.cluster.archive.Archive.journaled_transaction`): a patient's
+erasure, a study's deletion with the keys of its objects. A restore applies them in journal
+order, after the backup, and does not replay an object a later removal took away: a
+patient erased after the last backup stays erased.
+
 One blob per group commit, not one per object: :meth:`Journal.flush` is the catalog's
 ``before_group_commit`` hook, so the leader of a group commit writes one blob holding the
 manifests of every write in the group, sealed with the recovery key like the backups
@@ -49,7 +55,7 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,6 +82,7 @@ log = logging.getLogger(__name__)
 JOURNAL_FORMAT: Final = 1
 _NAME_RE: Final = re.compile(r"journal-(\d{8}t\d{12}z)-([0-9a-f]{8})-(\d{8,})")
 _SCRATCH_KEY: Final = "journal"
+_REMOVALS_KEY: Final = "journal-removals"
 #: Kinds not journaled: made again from what is (a thumbnail, on its first request).
 REDERIVABLE_KINDS: Final = ("thumbnail",)
 #: A backup deletes another process's journal blobs (``medshard import`` beside the
@@ -172,6 +179,23 @@ class Journal:
         }
         transaction_scratch(session).setdefault(_SCRATCH_KEY, []).append(manifest)
 
+    def note_removal(
+        self,
+        session: Session,
+        *,
+        patient: str | None = None,
+        study: str | None = None,
+        objects: Sequence[str] = (),
+    ) -> None:
+        """Add an erasure (of ``patient``) or a study deletion (of ``study``, whose objects
+        are ``objects``) to its transaction's blob.
+
+        Without it a restore from a backup taken before the removal would bring the removed
+        rows back, and replay the removed objects: an erased patient made whole again.
+        """
+        entry: dict[str, Any] = {"patient": patient, "study": study, "objects": list(objects)}
+        transaction_scratch(session).setdefault(_REMOVALS_KEY, []).append(entry)
+
     def _site_name(self, session: Session, site_pk: int | None) -> str | None:
         if site_pk is None:
             return None
@@ -185,8 +209,9 @@ class Journal:
         The catalog's ``before_group_commit`` hook; returns what marks the blob settled.
         """
         scratch = peek_scratch(session)
-        manifests = scratch.get(_SCRATCH_KEY) if scratch else None
-        if not manifests:
+        manifests = scratch.get(_SCRATCH_KEY, []) if scratch else []
+        removals = scratch.get(_REMOVALS_KEY, []) if scratch else []
+        if not manifests and not removals:
             return None
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
@@ -194,7 +219,7 @@ class Journal:
             stamp = new_backup_id(datetime.now(UTC))
         settle = partial(self._settle, seq)
         try:
-            self._write(journal_name(stamp, self.writer, seq), seq, manifests)
+            self._write(journal_name(stamp, self.writer, seq), seq, manifests, removals)
         except BaseException:
             settle()
             raise
@@ -206,9 +231,21 @@ class Journal:
         with self._lock:
             self._inflight.discard(seq)
 
-    def _write(self, name: str, seq: int, manifests: list[dict[str, Any]]) -> None:
+    def _write(
+        self,
+        name: str,
+        seq: int,
+        manifests: list[dict[str, Any]],
+        removals: list[dict[str, Any]],
+    ) -> None:
         quorum = self.settings.write_quorum
-        body = {"format": JOURNAL_FORMAT, "writer": self.writer, "seq": seq, "objects": manifests}
+        body = {
+            "format": JOURNAL_FORMAT,
+            "writer": self.writer,
+            "seq": seq,
+            "objects": manifests,
+            "removals": removals,
+        }
         blob = self.seal().seal(name, json.dumps(body, separators=(",", ":")).encode())
         candidates = choose_targets(list(self.pool.nodes.values()), len(self.pool.nodes))
         targets, spares = candidates[: self.settings.replicas], candidates[self.settings.replicas :]

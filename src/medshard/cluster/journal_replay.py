@@ -22,9 +22,12 @@ group commit retried a write at a time):
 - a document version, sensor batch or sensor segment gets the object's rows and the rows
   its manifest carries (:mod:`medshard.catalog.journal_rows`).
 
+Removals (a patient's erasure, a study's deletion) are applied in journal order, and an
+object a later removal took away is not replayed (its chunks may be gone already).
+
 Not replayed (reported or documented): audit events of those writes, a storing doctor's
-care-team entry, analysis jobs, and what was not a new object (metadata-only document
-updates, deletions and erasures after the backup).
+care-team entry, analysis jobs, and what was not a new object or a removal (metadata-only
+document updates).
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from medshard.catalog.care_team import involve
+from medshard.catalog.erasure_rows import erase_patient_rows, erase_study_rows
 from medshard.catalog.journal_rows import RECORD_KINDS, add_record_rows, object_known, site_pk_named
+from medshard.catalog.lookups import patient_named
 from medshard.catalog.models import CareSite
+from medshard.catalog.studies import study_named
 from medshard.catalog.writes import (
     ObjectRow,
     PatientKeyRow,
@@ -81,6 +87,10 @@ class ReplayReport:
     replayed: int = 0
     present: int = 0
     rederivable: int = 0
+    #: Objects left out because a later journaled removal took them away.
+    removed: int = 0
+    #: Journaled erasures and study deletions applied to the restored catalog.
+    removals_applied: int = 0
     unrecoverable: list[str] = field(default_factory=list)
 
 
@@ -88,16 +98,41 @@ class _Unrecoverable(Exception):
     pass
 
 
-def read_manifests(
+@dataclass(frozen=True)
+class Removal:
+    """A journaled erasure of a patient, or deletion of a study and its objects."""
+
+    patient: str | None
+    study: str | None
+    objects: frozenset[str]
+
+    def takes(self, manifest: dict[str, Any]) -> bool:
+        """Whether this removal, journaled after ``manifest``, took its object away."""
+        return manifest["key"] in self.objects or (
+            self.patient is not None and manifest["patient"]["id"] == self.patient
+        )
+
+
+#: A journal entry in order: an object's manifest, or a removal.
+Entry = dict[str, Any] | Removal
+
+
+def read_journal(
     seal: BackupSeal,
     clients: list[NodeClient],
     listing: dict[str, set[str]],
     report: ReplayReport,
-) -> list[dict[str, Any]]:
-    """Every journaled manifest on the nodes, oldest first, one per object (its last)."""
+) -> list[Entry]:
+    """Every journaled manifest and removal on the nodes, oldest first.
+
+    An object comes once, at its last manifest; one that a later removal took away is left
+    out (counted as *removed*): its chunks may already be gone from the nodes.
+    """
     names = sorted({n for held in listing.values() for n in held if parse_journal_name(n)})
     report.blobs = len(names)
-    manifests: dict[str, dict[str, Any]] = {}
+    last: dict[str, tuple[int, dict[str, Any]]] = {}
+    removals: list[tuple[int, Removal]] = []
+    position = 0
     for name in names:
         body: dict[str, Any] | None = None
         problem = "no node has a copy"
@@ -113,9 +148,22 @@ def read_manifests(
             report.unrecoverable.append(f"journal blob {name}: {problem}")
             continue
         for manifest in body["objects"]:
-            manifests[manifest["key"]] = manifest
-    report.objects = len(manifests)
-    return list(manifests.values())
+            last[manifest["key"]] = (position, manifest)
+            position += 1
+        for removal in body.get("removals", []):
+            taken = frozenset(removal.get("objects") or ())
+            removals.append(
+                (position, Removal(removal.get("patient"), removal.get("study"), taken))
+            )
+            position += 1
+    report.objects = len(last)
+    entries: list[tuple[int, Entry]] = list(removals)
+    for at, manifest in last.values():
+        if any(later > at and r.takes(manifest) for later, r in removals):
+            report.removed += 1
+        else:
+            entries.append((at, manifest))
+    return [entry for _at, entry in sorted(entries, key=lambda e: e[0])]
 
 
 def replay_journal(
@@ -125,23 +173,49 @@ def replay_journal(
     listing: dict[str, set[str]],
     reingest: DicomReingest | None,
 ) -> ReplayReport:
-    """Bring back into the restored catalog at ``home`` every journaled object it lacks."""
+    """Bring back into the restored catalog at ``home`` every journaled object it lacks, and
+    apply every journaled removal, in journal order."""
     report = ReplayReport()
-    manifests = read_manifests(seal, clients, listing, report)
-    if not manifests:
+    entries = read_journal(seal, clients, listing, report)
+    if not entries:
         return report
     by_name = {c.name: c for c in clients}
     with Archive(load_settings(home)) as archive:
-        for manifest in manifests:
+        for entry in entries:
+            if isinstance(entry, Removal):
+                report.removals_applied += _remove(archive, entry)
+                continue
             try:
-                outcome = _replay(archive, by_name, manifest, reingest)
+                outcome = _replay(archive, by_name, entry, reingest)
             except (MedshardError, _Unrecoverable) as exc:
-                report.unrecoverable.append(f"{manifest['kind']} object {manifest['key']}: {exc}")
+                report.unrecoverable.append(f"{entry['kind']} object {entry['key']}: {exc}")
                 continue
             setattr(report, outcome, getattr(report, outcome) + 1)
     if report.unrecoverable:
         log.warning("journal replay: %d not restored", len(report.unrecoverable))
     return report
+
+
+def _remove(archive: Archive, removal: Removal) -> int:
+    """Apply a journaled removal to the restored catalog: 1 if it found what it removes (the
+    backup or an earlier replay held it), else 0. Its chunk copies are queued for deletion,
+    as at first (those already gone are nothing to delete)."""
+    with archive.catalog.transaction() as session:
+        if removal.patient is not None:
+            patient = patient_named(session, removal.patient)
+            if patient is None:
+                return 0
+            erase_patient_rows(session, patient.id, removal.patient)
+        elif removal.study is not None:
+            study = study_named(session, removal.study)
+            if study is None:
+                return 0
+            erase_study_rows(session, study.id)
+        else:
+            return 0
+    if removal.patient is not None:
+        archive.store.forget_patient(removal.patient)
+    return 1
 
 
 def _replay(
