@@ -8,6 +8,7 @@ The schema is created and upgraded only by Alembic (:func:`migrate`).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from medshard.errors import ConfigError
@@ -49,8 +51,41 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=10, max_overflow=10)
+        _ping_when_idle(engine)
+        return engine
     raise ConfigError(f"unsupported catalog URL {url!r}: use sqlite:/// or postgresql+psycopg://")
+
+
+#: A pooled PostgreSQL connection idle this long is pinged before it is handed out.
+IDLE_PING_S = 10.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a connection on checkout only if it sat idle in the pool for IDLE_PING_S.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per session, which under load
+    also waits for the GIL again (a QIDO-RS search made five round trips, one of them the
+    ping). A connection the server dropped while it sat idle (a restart, an idle timeout) is
+    still found and replaced here; one dropped while in use fails that request, and the pool
+    is then emptied (SQLAlchemy's disconnect handling).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"stale catalog connection: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("stale catalog connection")
 
 
 _SCRATCH = "medshard.transaction_scratch"
@@ -102,6 +137,17 @@ class Catalog:
         self.url = url
         self.engine = make_engine(url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        #: Reads outside a transaction on PostgreSQL (autocommit): no BEGIN and ROLLBACK
+        #: round trips. Under READ COMMITTED every statement takes its own snapshot in a
+        #: transaction too, so a read sees nothing different.
+        self._reads = (
+            self._factory
+            if url.startswith("sqlite")
+            else sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+        )
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = threading.RLock()
         self._group_lock = threading.Lock()
@@ -117,6 +163,14 @@ class Catalog:
     def session(self) -> Iterator[Session]:
         """A read session (no commit)."""
         with self._factory() as session:
+            yield session
+
+    @contextmanager
+    def reads(self) -> Iterator[Session]:
+        """A session for the hot read paths (searches, retrieves): statements that only
+        read, run without a transaction on PostgreSQL. Never write through it: each
+        statement would commit on its own."""
+        with self._reads() as session:
             yield session
 
     @contextmanager

@@ -355,7 +355,7 @@ class ObjectStore:
     # -- read ---------------------------------------------------------------------------
     def load(self, object_key: str) -> tuple[StoredObject, bytes]:
         """The object's row (chunks and replicas loaded) and its data key."""
-        with self.catalog.session() as session:
+        with self.catalog.reads() as session:
             obj = object_with_replicas(session, object_key)
             if obj is None:
                 raise NotFoundError(f"object {object_key} not found")
@@ -367,7 +367,7 @@ class ObjectStore:
 
     def load_key_of_instance(self, sop_instance_uid: str) -> str:
         """The object key holding a DICOM instance's bytes."""
-        with self.catalog.session() as session:
+        with self.catalog.reads() as session:
             key = object_key_of_instance(session, sop_instance_uid)
         if key is None:
             raise NotFoundError(f"no instance with SOP Instance UID {sop_instance_uid}")

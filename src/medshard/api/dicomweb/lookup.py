@@ -57,7 +57,7 @@ def find_instances(
         Nothing matches: the UIDs are unknown, or do not belong together.
     """
     caller = require_caller()  # fails closed: nobody authenticated, nothing read
-    with archive.catalog.session() as session:
+    with archive.catalog.reads() as session:
         rows = instances_of_study(
             session,
             study,

@@ -116,7 +116,7 @@ def handle_find(event: evt.Event, archive: Archive, ae_title: str, gate: Gate) -
     try:
         caller = _caller(event, gate)
         query = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
-        with archive.catalog.session() as session:
+        with archive.catalog.reads() as session:
             rows = search(
                 session,
                 query.level,

@@ -70,7 +70,7 @@ def find_matches(archive: Archive, query: Query, action: str = "retrieve") -> li
     catalog order, each to be read near the caller's site; audited per patient."""
     fields = ["SOPInstanceUID", "SOPClassUID", "AvailableTransferSyntaxUID", "StudyInstanceUID"]
     caller = require_caller()
-    with archive.catalog.session() as session:
+    with archive.catalog.reads() as session:
         rows = search(
             session, "IMAGE", query.conditions, fields=fields, scope=scope_of(caller.principal)
         )
