@@ -97,6 +97,15 @@ class Deployment:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
+    def restore(self, home: Path, recovery_key: str) -> Any:
+        """``medshard restore --json`` of a new home at ``home`` from this deployment's nodes
+        (the CliRunner result: a test checks its exit code and output)."""
+        args = ["restore", "--home", str(home), "--recovery-key", recovery_key, "--json"]
+        for node in self.nodes:
+            args += ["--node", f"{node.name}={node.url}"]
+        env = {"MEDSHARD_NODE_SECRET": self.settings.node_secret}
+        return self.runner.invoke(app, args, env=env, catch_exceptions=False)
+
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)
 

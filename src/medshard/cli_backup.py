@@ -13,7 +13,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,6 +22,8 @@ from medshard.errors import MedshardError
 
 if TYPE_CHECKING:
     from medshard.cluster.archive import Archive, Put
+    from medshard.cluster.backup_format import BackupSeal
+    from medshard.storage.node_client import NodeClient
 
 
 def backup(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
@@ -86,7 +88,12 @@ def restore(
     try:
         specs = [parse_node_spec(n) for n in node]
         report = restore_home(
-            resolve_home(home), specs, node_secret, recovery_key, reingest=reingest_dicom
+            resolve_home(home),
+            specs,
+            node_secret,
+            recovery_key,
+            reingest=reingest_dicom,
+            replay_audit=replay_audit_events,
         )
     except MedshardError as exc:
         raise _fail(str(exc)) from exc
@@ -97,6 +104,12 @@ def restore(
         f"restored {report.home} from backup {report.backup_id} taken {report.created_at}: "
         f"{report.objects} objects, {report.instances} instances"
     )
+    audit = report.audit
+    if audit.get("shipments"):
+        out.print(
+            f"audit log: {audit['restored']} events after the backup's last "
+            f"({audit['backup_head']}) appended; the chain now ends at {audit['head']}"
+        )
     journal = report.journal
     if journal.get("blobs"):
         out.print(
@@ -126,6 +139,17 @@ def reingest_dicom(
     ingestor = Ingestor(archive, put=put)
     outcome = ingestor.ingest_stream(io.BytesIO(data), source, site_id=site_id, on_commit=on_commit)
     return outcome.status, outcome.reason
+
+
+def replay_audit_events(
+    home: Path, seal: BackupSeal, clients: list[NodeClient], listing: dict[str, set[str]]
+) -> dict[str, Any]:
+    """The audit events shipped after the backup, appended to the restored chain (restore)."""
+    from dataclasses import asdict
+
+    from medshard.security.audit_shipping import replay_shipments
+
+    return asdict(replay_shipments(home, seal, clients, listing))
 
 
 def _announce_key(key: str) -> None:

@@ -92,6 +92,10 @@ class Settings:
     #: SQLite catalogs only (PostgreSQL has its standby); false: objects acknowledged after
     #: the newest backup are lost with the service's disk.
     journal: bool = True
+    #: Audit events go to the nodes too (medshard/security/audit_shipping.py): the service
+    #: ships those appended since its last shipment every this many seconds (0: never), so
+    #: losing its disk loses at most this much of the audit log. With ``journal`` only.
+    audit_ship_interval_s: float = 2.0
     #: Timeout for one request to a storage node (seconds).
     node_timeout_s: float = 30.0
     #: Concurrent chunk copies to one node travel in one batch request (less CPU per copy on

@@ -46,11 +46,7 @@ def _sha(path: Path) -> str:
 
 
 def _restore(dep: Deployment, home: Path, key: str, *, runner: CliRunner) -> Result:
-    args = ["restore", "--home", str(home), "--recovery-key", key, "--json"]
-    for node in dep.nodes:
-        args += ["--node", f"{node.name}={node.url}"]
-    env = {"MEDSHARD_NODE_SECRET": dep.settings.node_secret}
-    return runner.invoke(app, args, env=env, catch_exceptions=False)
+    return dep.restore(home, key)
 
 
 def _backups_on(dep: Deployment) -> dict[str, set[str]]:

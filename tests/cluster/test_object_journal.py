@@ -22,12 +22,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from medshard.api.dicomweb.multipart import boundary_of, iter_parts_sync
 from medshard.bench.data import generate_instances
 from medshard.catalog.models import Instance, Patient, StoredObject, Study
-from medshard.cli import app
 from medshard.cluster import journal
 from medshard.cluster.archive import Archive
 from medshard.cluster.journal import JournalMark, journal_name, parse_journal_name
@@ -182,7 +180,6 @@ def test_objects_acknowledged_after_the_backup_survive_losing_the_home(
     sqlite_deployment: Deployment, tmp_path: Path
 ) -> None:
     dep = sqlite_deployment
-    runner = CliRunner()
     key = (dep.home / "recovery.key").read_text().strip()
 
     imported = dep.cli_json("import", str(sample_dicom_dir()))
@@ -216,11 +213,7 @@ def test_objects_acknowledged_after_the_backup_survive_losing_the_home(
     shutil.rmtree(dep.home)  # the metadata service's disk is gone
 
     home = dep.home.parent / "restored"
-    args = ["restore", "--home", str(home), "--recovery-key", key, "--json"]
-    for node in dep.nodes:
-        args += ["--node", f"{node.name}={node.url}"]
-    env = {"MEDSHARD_NODE_SECRET": dep.settings.node_secret}
-    result = runner.invoke(app, args, env=env, catch_exceptions=False)
+    result = dep.restore(home, key)
     assert result.exit_code == 0, result.output
     restored = json.loads(result.stdout)
     assert restored["backup_id"] == backup["backup_id"]
@@ -347,11 +340,7 @@ def test_erasures_and_study_deletions_after_the_backup_survive_losing_the_home(
 
     shutil.rmtree(dep.home)
     home = dep.home.parent / "restored"
-    args = ["restore", "--home", str(home), "--recovery-key", key, "--json"]
-    for node in dep.nodes:
-        args += ["--node", f"{node.name}={node.url}"]
-    env = {"MEDSHARD_NODE_SECRET": dep.settings.node_secret}
-    result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    result = dep.restore(home, key)
     assert result.exit_code == 0, result.output
     replay = json.loads(result.stdout)["journal"]
     assert replay["unrecoverable"] == [], replay

@@ -27,6 +27,7 @@ from medshard.api.routes import topology as topology_routes
 from medshard.cluster.archive import Archive
 from medshard.cluster.monitor import HealthMonitor
 from medshard.config import Settings
+from medshard.security.audit_shipping import AuditShipper
 from medshard.security.gate import Gate
 
 
@@ -37,6 +38,9 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
         app.state.archive = archive
         app.state.gate = Gate(archive)
         watcher = HealthMonitor(archive).start() if monitor else None
+        # the audit log leaves this disk within seconds (security/audit_shipping.py)
+        shipper = AuditShipper(archive).start() if monitor else None
+        app.state.audit_shipper = shipper
         for hook in app.state.startup_hooks:
             hook(app)
         try:
@@ -46,7 +50,9 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
                 hook(app)
             if watcher is not None:
                 watcher.stop()
-            app.state.gate.close()
+            app.state.gate.close()  # flushes the audit writer: the shipper's last wake sends it
+            if shipper is not None:
+                shipper.stop()
             archive.close()
 
     # Every route passes the authentication dependency (public paths are listed in

@@ -67,11 +67,12 @@ def event_rows(
     *,
     since: str | None = None,
     tag: str | None = None,
+    after: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Events in chain order (``columns`` of each, the first being ``seq``), optionally
-    from a time on, or of one patient (by tag); read a page at a time, with ``flagged`` as
-    a bool and ``sealed`` as bytes on every backend."""
-    last = 0
+    from a time on, or of one patient (by tag), or after event ``after``; read a page at a
+    time, with ``flagged`` as a bool and ``sealed`` as bytes on every backend."""
+    last = after
     where = "seq > :last"
     if since:
         where += " AND at >= :since"
@@ -94,3 +95,8 @@ def event_rows(
                 row["sealed"] = bytes(row["sealed"])
             yield row
         last = page[-1][0]
+
+
+def head_seq(conn: Connection | Session) -> int:
+    """The chain's last event's ``seq`` (0: empty, or no head row yet)."""
+    return int(conn.execute(select(AuditHead.seq).where(AuditHead.id == 1)).scalar() or 0)

@@ -146,6 +146,20 @@ def parse_blob_name(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+_AUDIT_RE = re.compile(r"audit-(\d{12})-(\d{12})")
+
+
+def audit_shipment_name(first_seq: int, last_seq: int) -> str:
+    """The named blob of shipped audit events ``first_seq`` to ``last_seq``: sorts by seq."""
+    return f"audit-{first_seq:012d}-{last_seq:012d}"
+
+
+def parse_audit_shipment_name(name: str) -> tuple[int, int] | None:
+    """(first seq, last seq) of an audit shipment's name, else None."""
+    match = _AUDIT_RE.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def split(data: bytes, part_bytes: int) -> list[bytes]:
     """``data`` in pieces of at most ``part_bytes`` (one empty piece for empty data)."""
     return [data[i : i + part_bytes] for i in range(0, len(data), part_bytes)] or [b""]

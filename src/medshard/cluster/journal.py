@@ -238,7 +238,6 @@ class Journal:
         manifests: list[dict[str, Any]],
         removals: list[dict[str, Any]],
     ) -> None:
-        quorum = self.settings.write_quorum
         body = {
             "format": JOURNAL_FORMAT,
             "writer": self.writer,
@@ -246,13 +245,20 @@ class Journal:
             "objects": manifests,
             "removals": removals,
         }
-        blob = self.seal().seal(name, json.dumps(body, separators=(",", ":")).encode())
+        self.write_sealed(name, json.dumps(body, separators=(",", ":")).encode(), "object journal")
+
+    def write_sealed(self, name: str, plaintext: bytes, what: str) -> None:
+        """Seal ``plaintext`` with the recovery key and write it as the named blob ``name`` to
+        ``replicas`` live nodes (a node that fails is replaced by the next); raise
+        NoQuorumError below ``write_quorum`` copies (those written are removed again)."""
+        quorum = self.settings.write_quorum
+        blob = self.seal().seal(name, plaintext)
         candidates = choose_targets(list(self.pool.nodes.values()), len(self.pool.nodes))
         targets, spares = candidates[: self.settings.replicas], candidates[self.settings.replicas :]
         if len(targets) < quorum:
             metrics.QUORUM_FAILURES.inc()
             raise NoQuorumError(
-                f"only {len(targets)} live storage node(s) for the object journal's write "
+                f"only {len(targets)} live storage node(s) for the {what}'s write "
                 f"quorum of {quorum}; nothing was acknowledged"
             )
         executor = self._pool()
@@ -266,11 +272,11 @@ class Journal:
                 except NodeFullError as exc:  # full, not failed: it still serves reads
                     self.pool.mark_full(handle.name)
                     failed += 1
-                    log.warning("journal blob %s not written to %s: %s", name, handle.name, exc)
+                    log.warning("%s blob %s not written to %s: %s", what, name, handle.name, exc)
                 except MedshardError as exc:
                     self.pool.mark_failed(handle.name)
                     failed += 1
-                    log.warning("journal blob %s not written to %s: %s", name, handle.name, exc)
+                    log.warning("%s blob %s not written to %s: %s", what, name, handle.name, exc)
                 else:
                     held.append(handle)
             targets, spares = spares[:failed], spares[failed:]  # a copy elsewhere for each
@@ -282,7 +288,7 @@ class Journal:
                 except MedshardError:
                     pass
             raise NoQuorumError(
-                f"the object journal reached {len(held)} node(s), below the write quorum "
+                f"the {what} reached {len(held)} node(s), below the write quorum "
                 f"{quorum}; nothing was acknowledged (check `medshard status`)"
             )
 

@@ -117,6 +117,23 @@ class Removal:
 Entry = dict[str, Any] | Removal
 
 
+def open_sealed_json(
+    seal: BackupSeal, clients: list[NodeClient], listing: dict[str, set[str]], name: str
+) -> tuple[dict[str, Any] | None, str]:
+    """The JSON body of the sealed named blob ``name``, from the first node ``listing`` says
+    holds it whose copy opens; else (None, why not)."""
+    problem = "no node has a copy"
+    for client in clients:
+        if name not in listing.get(client.name, set()):
+            continue
+        try:
+            body: dict[str, Any] = json.loads(seal.open(name, client.get_meta(name)))
+            return body, ""
+        except (MedshardError, ValueError) as exc:
+            problem = f"{client.name}: {exc}"
+    return None, problem
+
+
 def read_journal(
     seal: BackupSeal,
     clients: list[NodeClient],
@@ -134,16 +151,7 @@ def read_journal(
     removals: list[tuple[int, Removal]] = []
     position = 0
     for name in names:
-        body: dict[str, Any] | None = None
-        problem = "no node has a copy"
-        for client in clients:
-            if name not in listing.get(client.name, set()):
-                continue
-            try:
-                body = json.loads(seal.open(name, client.get_meta(name)))
-                break
-            except (MedshardError, ValueError) as exc:
-                problem = f"{client.name}: {exc}"
+        body, problem = open_sealed_json(seal, clients, listing, name)
         if body is None or body.get("format") != JOURNAL_FORMAT:
             report.unrecoverable.append(f"journal blob {name}: {problem}")
             continue

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
+from medshard.catalog.audit_rows import head_seq
 from medshard.cluster.backup_format import (
     FORMAT_VERSION,
     BackupSeal,
@@ -52,6 +53,7 @@ from medshard.cluster.backup_format import (
     new_backup_id,
     new_recovery_key,
     pack_files,
+    parse_audit_shipment_name,
     parse_blob_name,
     parse_recovery_key,
     part_name,
@@ -90,6 +92,8 @@ class BackupReport:
     recovery_key_created: bool = False
     pruned: int = 0
     journal_trimmed: int = 0
+    #: Audit shipments (medshard/security/audit_shipping.py) deleted: the backup holds them.
+    audit_shipments_trimmed: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -190,6 +194,8 @@ def take_backup(archive: Archive) -> BackupReport:
     key, key_created = ensure_recovery_key(settings)
     seal = BackupSeal(key)
     mark = archive.journal.mark()  # before the snapshot: the journal blobs it will hold
+    with archive.catalog.engine.connect() as conn:
+        audit_through = head_seq(conn)  # and the audit events (committed: in the snapshot)
     files, kind, counts = snapshot_files(settings)
     created_at = datetime.now(UTC)
     backup_id = new_backup_id(created_at)
@@ -253,6 +259,9 @@ def take_backup(archive: Archive) -> BackupReport:
     report.pruned = prune(list(archive.pool.nodes.values()), settings.backup_keep)
     if kind == "sqlite" and report.copies >= settings.write_quorum:
         report.journal_trimmed = archive.journal.trim(list(archive.pool.nodes.values()), mark)
+        report.audit_shipments_trimmed = trim_audit_shipments(
+            list(archive.pool.nodes.values()), audit_through
+        )
     save_state(settings, {"last": report.as_dict(), "last_error": None})
     if report.copies < settings.replicas:
         log.warning(
@@ -292,6 +301,23 @@ def prune(handles: list[NodeHandle], keep: int) -> int:
     return deleted
 
 
+def trim_audit_shipments(handles: list[NodeHandle], through_seq: int) -> int:
+    """Delete, on every live node, the audit shipments whose events all are at or below
+    ``through_seq`` (a backup holds them); how many went."""
+    deleted = 0
+    for handle in handles:
+        if not handle.available:
+            continue
+        try:
+            for blob in handle.client.list_meta():
+                span = parse_audit_shipment_name(str(blob["name"]))
+                if span is not None and span[1] <= through_seq:
+                    deleted += handle.client.delete_meta(str(blob["name"]))
+        except MedshardError as exc:
+            log.info("audit shipment trim on %s deferred: %s", handle.name, exc)
+    return deleted
+
+
 def load_state(settings: Settings) -> dict[str, Any]:
     """What this home knows of its backups: ``last`` (a report) and ``last_error``."""
     path = settings.home / STATE_NAME
@@ -302,13 +328,18 @@ def load_state(settings: Settings) -> dict[str, Any]:
     return state
 
 
+#: The backup thread and the audit shipper both merge into the state file.
+_STATE_LOCK = threading.Lock()
+
+
 def save_state(settings: Settings, changes: dict[str, Any]) -> None:
     """Merge ``changes`` into the state file, atomically."""
-    state = {**load_state(settings), **changes}
-    path = settings.home / STATE_NAME
-    tmp = path.with_name(f".{STATE_NAME}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    with _STATE_LOCK:
+        state = {**load_state(settings), **changes}
+        path = settings.home / STATE_NAME
+        tmp = path.with_name(f".{STATE_NAME}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path)
 
 
 def backup_status(settings: Settings) -> dict[str, Any]:
@@ -332,6 +363,8 @@ def backup_status(settings: Settings) -> dict[str, Any]:
         "objects": last.get("objects"),
         "catalog": last.get("catalog"),
         "last_error": state.get("last_error"),
+        # the audit events on the nodes beyond the backup (security/audit_shipping.py)
+        "audit_shipped_through_seq": state.get("audit_shipped"),
     }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,16 @@ class RestoreReport:
     warnings: list[str] = field(default_factory=list)
     #: The object journal replayed after the backup (see journal_replay.ReplayReport).
     journal: dict[str, Any] = field(default_factory=dict)
+    #: The audit events shipped after the backup, appended (see security/audit_shipping.py).
+    audit: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Appends the audit events shipped to the nodes after the backup to the restored catalog:
+#: (home, seal, clients, listing) -> a report (``problems``: where the chain stopped).
+AuditReplayer = Callable[[Path, BackupSeal, list[NodeClient], dict[str, set[str]]], dict[str, Any]]
 
 
 def parse_node_spec(text: str) -> tuple[str, str]:
@@ -81,8 +89,10 @@ def restore_home(
     *,
     timeout_s: float = 30.0,
     reingest: DicomReingest | None = None,
+    replay_audit: AuditReplayer | None = None,
 ) -> RestoreReport:
-    """Write a new home at ``home`` from the newest usable backup on ``nodes``, then replay
+    """Write a new home at ``home`` from the newest usable backup on ``nodes``, then append
+    the audit events shipped since (``replay_audit``, from the security layer) and replay
     the object journal onto it (DICOM objects through ``reingest``; without it they are
     reported as not restored).
 
@@ -143,6 +153,11 @@ def restore_home(
         report = _restored(home, nodes, recovery_key, backup_id, manifest, files)
         report.nodes_answered, report.nodes_unreachable = sorted(listing), unreachable
         report.skipped_backups = [f"{bid}: {exc}" for bid, exc in problems]
+        if "catalog.db" in files and replay_audit is not None:
+            audit = replay_audit(home, seal, clients, listing)
+            report.audit = audit
+            for problem in audit.get("problems", []):
+                report.warnings.append(f"audit events after the backup: {problem}")
         if "catalog.db" in files:
             replayed = replay_journal(home, seal, clients, listing, reingest)
             report.journal = asdict(replayed)

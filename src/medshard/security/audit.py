@@ -64,6 +64,8 @@ _FIELDS = (
     "patient_pk", "patient_tag", "sealed", "detail", "flagged", "prev_hash",
 )  # fmt: skip
 _COLUMNS = (*_FIELDS, "hash")
+#: An event row's columns, as stored, shipped (:mod:`.audit_shipping`) and verified.
+EVENT_COLUMNS = _COLUMNS
 
 
 @dataclass
