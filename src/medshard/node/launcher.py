@@ -10,6 +10,7 @@ tools that talk to one directly.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,12 +27,36 @@ from medshard.node.server import SECRET_ENV
 from medshard.storage.node_auth import AUTH_HEADER, RequestSigner, content_hash
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (another process may still take it before the node)."""
+    """A port free now, below the kernel's ephemeral range where possible.
+
+    A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, which every
+    outgoing connection draws from too: between choosing it and the child binding it, a
+    client socket could take it ("address already in use", seen once in a full test run).
+    Below that range only another listener can, and a random pick makes that unlikely.
+    """
+    low = min(_ephemeral_low(), 65536)
+    rng = random.SystemRandom()
+    for _ in range(50):
+        port = rng.randrange(20000, low) if low > 20000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            chosen: int = s.getsockname()[1]
+            return chosen
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
 
 
 class NodeAuth(httpx.Auth):

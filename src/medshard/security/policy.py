@@ -18,11 +18,12 @@ Writes: service accounts and doctors store; nobody else does (:func:`may_store`)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true
+from sqlalchemy import ColumnElement, DateTime, and_, bindparam, exists, false, or_, select, true
 from sqlalchemy.orm import aliased
 
 from medshard.catalog.access_models import BreakGlass, CareTeamDoctor, Share
@@ -39,51 +40,68 @@ _INSTANCE = aliased(Instance, name="visible_instance")
 CLINICAL_ROLES = frozenset({"doctor", "expert", "patient", "service", "admin", "system"})
 
 
-def _break_glass(principal: Principal, now: datetime) -> ColumnElement[bool]:
-    if principal.role not in ("admin", "doctor") or principal.user_pk is None:
+#: Expiries (break glass, shares) are compared with the time a statement runs, not the time
+#: its condition was built: a condition then depends on the caller alone, and is built once
+#: per caller (building it was ~0.4 ms of a 3 ms QIDO-RS search).
+_NOW = bindparam("policy_now", callable_=utcnow, type_=DateTime(timezone=True))
+
+
+def _break_glass(role: str, user_pk: int | None, now: Any) -> ColumnElement[bool]:
+    if role not in ("admin", "doctor") or user_pk is None:
         return false()
     return exists().where(
-        BreakGlass.user_pk == principal.user_pk,
+        BreakGlass.user_pk == user_pk,
         BreakGlass.patient_pk == Study.patient_pk,
         BreakGlass.expires_at > now,
     )
 
 
 def visible_studies(principal: Principal, now: datetime | None = None) -> ColumnElement[bool]:
-    """The condition on ``Study`` rows this caller may read."""
-    now = now or utcnow()
-    role = principal.role
+    """The condition on ``Study`` rows this caller may read (as of ``now``; by default, as of
+    whenever the statement runs)."""
+    key = (principal.role, principal.user_pk, principal.sites, principal.patient_id)
+    return _visible(*key) if now is None else _condition(*key, now)
+
+
+@functools.lru_cache(maxsize=4096)
+def _visible(
+    role: str, user_pk: int | None, sites: frozenset[int], patient_id: str | None
+) -> ColumnElement[bool]:
+    return _condition(role, user_pk, sites, patient_id, _NOW)
+
+
+def _condition(
+    role: str, user_pk: int | None, sites: frozenset[int], patient_id: str | None, now: Any
+) -> ColumnElement[bool]:
     if role == "system":
         return true()
     if role == "patient":
-        if not principal.patient_id:
+        if not patient_id:
             return false()
-        return Study.patient_pk.in_(
-            select(Patient.id).where(Patient.patient_id == principal.patient_id)
-        )
+        return Study.patient_pk.in_(select(Patient.id).where(Patient.patient_id == patient_id))
     if role == "doctor":
         by_doctor = exists().where(
             CareTeamDoctor.patient_pk == Study.patient_pk,
-            CareTeamDoctor.user_pk == principal.user_pk,
+            CareTeamDoctor.user_pk == user_pk,
         )
-        clauses: list[ColumnElement[bool]] = [by_doctor, _break_glass(principal, now)]
-        if principal.sites:
+        clauses: list[ColumnElement[bool]] = [by_doctor, _break_glass(role, user_pk, now)]
+        if sites:
             clauses.append(
                 exists().where(
                     CareSite.patient_pk == Study.patient_pk,
-                    CareSite.site_id.in_(sorted(principal.sites)),
+                    CareSite.site_id.in_(sorted(sites)),
                 )
             )
         return or_(*clauses)
     if role == "expert":
         return exists().where(
             Share.study_pk == Study.id,
-            Share.expert_pk == principal.user_pk,
+            Share.expert_pk == user_pk,
             Share.expires_at > now,
             Share.revoked.is_(False),
         )
     if role == "service":
-        if not principal.sites:
+        if not sites:
             return false()
         series, instance = _SERIES, _INSTANCE  # the outer query may use both tables
         return exists(
@@ -91,11 +109,11 @@ def visible_studies(principal: Principal, now: datetime | None = None) -> Column
             .join(series, instance.series_pk == series.id)
             .where(
                 series.study_pk == Study.id,
-                instance.source_site_id.in_(sorted(principal.sites)),
+                instance.source_site_id.in_(sorted(sites)),
             )
         )
     if role == "admin":
-        return _break_glass(principal, now)
+        return _break_glass(role, user_pk, now)
     return false()
 
 
@@ -139,8 +157,13 @@ def scope_of(principal: Principal) -> Scope:
     The patient condition is built on the same study condition object (building the
     expressions is most of a small search's CPU: a profile showed half of it twice).
     """
-    studies = visible_studies(principal, utcnow())
-    if principal.role == "system":
+    return _scope(principal.role, principal.user_pk, principal.sites, principal.patient_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _scope(role: str, user_pk: int | None, sites: frozenset[int], patient_id: str | None) -> Scope:
+    studies = _visible(role, user_pk, sites, patient_id)
+    if role == "system":
         return Scope(studies, true())
     return Scope(studies, Patient.id.in_(select(Study.patient_pk).where(studies)))
 
