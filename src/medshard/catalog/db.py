@@ -66,9 +66,10 @@ def _ping_when_idle(engine: Engine) -> None:
 
     ``pool_pre_ping`` pings on every checkout: a round trip per session, which under load
     also waits for the GIL again (a QIDO-RS search made five round trips, one of them the
-    ping). A connection the server dropped while it sat idle (a restart, an idle timeout) is
-    still found and replaced here; one dropped while in use fails that request, and the pool
-    is then emptied (SQLAlchemy's disconnect handling).
+    ping). A connection the server dropped while it sat idle (an idle timeout, a restart
+    during a quiet spell) is still found and replaced here. One dropped within IDLE_PING_S of
+    its last use fails the one request that next takes it, and SQLAlchemy's disconnect
+    handling then empties the pool (tests/catalog/test_pg_pool.py shows both).
     """
 
     @event.listens_for(engine, "checkin")
