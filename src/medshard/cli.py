@@ -289,6 +289,8 @@ def status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         )
     else:
         out.print("metadata backup: none yet (`medshard backup`)")
+    if backup.get("audit_shipped_through_seq"):
+        out.print(f"audit log on the nodes through event {backup['audit_shipped_through_seq']}")
 
 
 def _size(n: int) -> str:

@@ -108,6 +108,8 @@ def test_the_audit_log_since_the_backup_survives_losing_the_home(
             assert http.get(f"{svc.dicomweb}/studies").status_code == 200
         time.sleep(4 * SHIP_S)  # the audit writer's commit, then a third
         shipped = _chain(dep.settings.database_url)
+        status = dep.cli("status").stdout
+        assert f"audit log on the nodes through event {shipped[-1][0]}" in status, status
     finally:
         os.kill(svc.process.proc.pid, signal.SIGKILL)  # the disk goes with no clean stop
         svc.process.stop()
