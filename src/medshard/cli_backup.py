@@ -133,10 +133,13 @@ def reingest_dicom(
     site_id: int | None,
     on_commit: Callable[..., None],
 ) -> tuple[str, str]:
-    """A journaled DICOM object through the ingest pipeline, recorded by ``put`` (restore)."""
-    from medshard.ingest.pipeline import Ingestor
+    """A journaled DICOM object through the ingest pipeline, recorded by ``put`` (restore):
+    queued for analysis again where the rules select it (an analysis finished before the
+    disk went finds its SR already replayed, by the SR's fixed UID, and only writes its
+    finding)."""
+    from medshard.api.ingestors import analysed_ingestor
 
-    ingestor = Ingestor(archive, put=put)
+    ingestor = analysed_ingestor(archive, put=put)
     outcome = ingestor.ingest_stream(io.BytesIO(data), source, site_id=site_id, on_commit=on_commit)
     return outcome.status, outcome.reason
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from medshard.api.dicomweb.multipart import boundary_of, iter_parts_sync
 from medshard.bench.data import generate_instances
-from medshard.catalog.models import Instance, Patient, StoredObject, Study
+from medshard.catalog.models import AnalysisJob, Instance, Patient, StoredObject, Study
 from medshard.cluster import journal
 from medshard.cluster.archive import Archive
 from medshard.cluster.journal import JournalMark, journal_name, parse_journal_name
@@ -365,3 +365,35 @@ def test_erasures_and_study_deletions_after_the_backup_survive_losing_the_home(
     assert {old_kept, new_kept, old_deleter} <= patients
     assert old_study not in studies and new_study not in studies
     assert instances == len(first) + 12 - taken
+
+
+def test_an_image_stored_after_the_backup_is_queued_for_analysis_again(
+    sqlite_deployment: Deployment, tmp_path: Path
+) -> None:
+    """Analysis jobs are not journaled; the replayed image's commit queues its job again, as
+    its first did, so nothing stored after the backup goes unanalysed."""
+    from medshard.analysis.dataset import sample_npz_path
+    from medshard.analysis.synth import chest_xray_dicoms
+
+    dep = sqlite_deployment
+    key = (dep.home / "recovery.key").read_text().strip()
+    dep.cli_json("backup")
+    chest = chest_xray_dicoms(sample_npz_path(), count=1, indices=[3], out_dir=tmp_path)[0]
+    assert len(dep.cli_json("import", str(chest))["imported"]) == 1
+    sop = str(pydicom.dcmread(chest, stop_before_pixels=True).SOPInstanceUID)
+
+    def jobs(home: Path) -> list[tuple[str, str]]:
+        with Archive.open(home, probe=False) as archive, archive.catalog.session() as session:
+            return [
+                (job.model, job.state)
+                for job in session.scalars(
+                    select(AnalysisJob).where(AnalysisJob.sop_instance_uid == sop)
+                )
+            ]
+
+    assert jobs(dep.home) == [("pneumonia", "pending")]
+    shutil.rmtree(dep.home)
+    result = dep.restore(dep.home.parent / "restored", key)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["journal"]["replayed"] == 1
+    assert jobs(dep.home.parent / "restored") == [("pneumonia", "pending")]

@@ -11,14 +11,18 @@ from __future__ import annotations
 import logging
 
 from medshard.cluster.archive import Archive
-from medshard.ingest.pipeline import Ingestor
+from medshard.ingest.pipeline import Ingestor, PutObject
 
 log = logging.getLogger(__name__)
 
 
-def analysed_ingestor(archive: Archive) -> Ingestor:
-    """An ingestor that enqueues analysis of what the rules select (medshard[ai] installed)."""
-    ingestor = Ingestor(archive)
+def analysed_ingestor(archive: Archive, *, put: PutObject | None = None) -> Ingestor:
+    """An ingestor that enqueues analysis of what the rules select (medshard[ai] installed).
+
+    ``put``: in place of ``Archive.put_object`` (a restore re-recording journaled objects, so
+    those stored after the last backup are queued for analysis as at first).
+    """
+    ingestor = Ingestor(archive, put=put)
     try:
         from medshard.analysis.queue import attach_to_ingestor
     except ImportError:  # medshard[ai] not installed: ingest works, nothing is analysed
