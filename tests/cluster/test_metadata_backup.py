@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from medshard.cli import app
 from medshard.cluster.archive import Archive
@@ -43,10 +43,6 @@ from tests.conftest import Deployment, make_deployment, start_service
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _restore(dep: Deployment, home: Path, key: str, *, runner: CliRunner) -> Result:
-    return dep.restore(home, key)
 
 
 def _backups_on(dep: Deployment) -> dict[str, set[str]]:
@@ -131,7 +127,7 @@ def test_home_deleted_restore_brings_back_every_object(dep: Deployment, tmp_path
     runner = CliRunner()
     key = (dep.home / "recovery.key").read_text().strip()  # the operator's copy
 
-    nothing = _restore(dep, tmp_path / "too-early", key, runner=runner)
+    nothing = dep.restore(tmp_path / "too-early", key)
     assert nothing.exit_code != 0
     assert "no metadata backup" in nothing.output
 
@@ -147,19 +143,19 @@ def test_home_deleted_restore_brings_back_every_object(dep: Deployment, tmp_path
 
     shutil.rmtree(dep.home)  # the metadata service's disk is gone
 
-    wrong = _restore(dep, tmp_path / "wrong", new_recovery_key(), runner=runner)
+    wrong = dep.restore(tmp_path / "wrong", new_recovery_key())
     assert wrong.exit_code != 0
     assert "recovery key" in wrong.output
     assert not (tmp_path / "wrong" / "medshard.toml").exists()
 
     home = tmp_path / "restored"
-    result = _restore(dep, home, key, runner=runner)
+    result = dep.restore(home, key)
     assert result.exit_code == 0, result.output
     restored = json.loads(result.stdout)
     assert restored["backup_id"] == report["backup_id"]
     assert {"catalog.db", "master.key", "medshard.toml"} <= set(restored["files"])
 
-    again = _restore(dep, home, key, runner=runner)  # never over an existing home
+    again = dep.restore(home, key)  # never over an existing home
     assert again.exit_code != 0 and "already holds" in again.output
 
     out = tmp_path / "out"

@@ -40,7 +40,6 @@ def create_app(settings: Settings, *, monitor: bool = True) -> FastAPI:
         watcher = HealthMonitor(archive).start() if monitor else None
         # the audit log leaves this disk within seconds (security/audit_shipping.py)
         shipper = AuditShipper(archive).start() if monitor else None
-        app.state.audit_shipper = shipper
         for hook in app.state.startup_hooks:
             hook(app)
         try:

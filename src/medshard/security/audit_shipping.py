@@ -79,10 +79,6 @@ class AuditShipper:
         self.archive = archive
         self.settings = archive.settings
         self.shipped = int(load_state(self.settings).get(_STATE_KEY) or 0)
-        self.shipments = 0
-        self.events = 0
-        self.failures = 0
-        self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,25 +126,10 @@ class AuditShipper:
                 )
                 self.shipped = last
                 save_state(self.settings, {_STATE_KEY: last})
-                self.shipments += 1
-                self.events += len(rows)
                 shipped += len(rows)
-                self.last_error = None
         except MedshardError as exc:  # the nodes are short: the events wait for next time
-            self.failures += 1
-            self.last_error = str(exc)
             log.warning("audit shipment deferred: %s", exc)
         return shipped
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "enabled": self.enabled,
-            "shipped_through_seq": self.shipped,
-            "shipments": self.shipments,
-            "events": self.events,
-            "failures": self.failures,
-            "last_error": self.last_error,
-        }
 
 
 @dataclass
@@ -169,10 +150,12 @@ def replay_shipments(
     """Append to the restored catalog at ``home`` every shipped event after its last one."""
     report = AuditReplay()
     names = sorted(
-        (parsed, name)
-        for held in listing.values()
-        for name in held
-        if (parsed := parse_audit_shipment_name(name)) is not None
+        {
+            (parsed, name)
+            for held in listing.values()  # a shipment is on several nodes: once each
+            for name in held
+            if (parsed := parse_audit_shipment_name(name)) is not None
+        }
     )
     settings = load_settings(home)
     catalog = Catalog(settings.database_url)
