@@ -106,6 +106,19 @@ class Deployment:
         env = {"MEDSHARD_NODE_SECRET": self.settings.node_secret}
         return self.runner.invoke(app, args, env=env, catch_exceptions=False)
 
+    def lose_home_and_restore(self, recovery_key: str) -> dict[str, Any]:
+        """Delete the home (the metadata service's disk is gone), restore a new one beside it
+        from the nodes, and point this deployment at it; the restore's report, after checking
+        it succeeded and that every journaled object came back."""
+        shutil.rmtree(self.home)
+        home = self.home.parent / "restored"
+        result = self.restore(home, recovery_key)
+        assert result.exit_code == 0, result.output
+        report: dict[str, Any] = json.loads(result.stdout)
+        assert report["journal"]["unrecoverable"] == [], report["journal"]
+        self.home, self.settings = home, load_settings(home)
+        return report
+
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)
 

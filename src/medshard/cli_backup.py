@@ -117,6 +117,9 @@ def restore(
             f"{journal['present']} already in the backup, {journal['rederivable']} "
             f"re-derivable skipped, {journal['removed']} removed later, "
             f"{journal['removals_applied']} erasures and study deletions applied, "
+            f"{journal['versions_replayed']} metadata-only document versions replayed, "
+            f"{journal['care_changes_applied']} care-team changes applied "
+            f"({journal['care_changes_skipped']} naming what the backup lacks), "
             f"{len(journal['unrecoverable'])} not restored"
         )
     for problem in journal.get("unrecoverable", []):

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Row, bindparam, delete, insert, select, up
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import BreakGlass, CareTeamDoctor, Share, User
+from medshard.catalog.care_journal import note_care_change
 from medshard.catalog.db import transaction_scratch
 from medshard.catalog.models import CareSite, Site, Study, utcnow
 
@@ -61,6 +62,7 @@ def add_care_doctor(session: Session, patient_pk: int, user_pk: int) -> None:
         session.add(
             CareTeamDoctor(patient_pk=patient_pk, user_pk=user_pk, since=now, last_involved_at=now)
         )
+        note_care_change(session, "add-doctor", patient_pk=patient_pk, user_pk=user_pk, at=now)
     session.flush()
 
 
@@ -71,6 +73,7 @@ def remove_care_doctor(session: Session, patient_pk: int, user_pk: int) -> None:
             CareTeamDoctor.patient_pk == patient_pk, CareTeamDoctor.user_pk == user_pk
         )
     )
+    note_care_change(session, "remove-doctor", patient_pk=patient_pk, user_pk=user_pk)
     session.flush()
 
 
@@ -85,6 +88,7 @@ def involve(session: Session, table: type[CareSite] | type[CareTeamDoctor], **ke
         return
     done_here.add(marker)
     now = utcnow()
+    note_care_change(session, "involve", **key, at=now)
     refresh, add = _involvement_statements(table, tuple(key))
     conn = session.connection()  # Core, as on the rest of the write path
     done = conn.execute(refresh, {**{f"k_{c}": v for c, v in key.items()}, "now": now})
@@ -116,17 +120,16 @@ def add_share(
     expires_at: datetime,
 ) -> None:
     """Share a study with an expert, from now until ``expires_at`` (flushed)."""
-    session.add(
-        Share(
-            study_pk=study_pk,
-            patient_pk=patient_pk,
-            expert_pk=expert_pk,
-            granted_by_pk=granted_by_pk,
-            created_at=utcnow(),
-            expires_at=expires_at,
-            revoked=False,
-        )
-    )
+    values: dict[str, Any] = {
+        "study_pk": study_pk,
+        "patient_pk": patient_pk,
+        "expert_pk": expert_pk,
+        "granted_by_pk": granted_by_pk,
+        "created_at": utcnow(),
+        "expires_at": expires_at,
+    }
+    session.add(Share(**values, revoked=False))
+    note_care_change(session, "share", **values)
     session.flush()
 
 
@@ -153,13 +156,13 @@ def add_break_glass(
 ) -> None:
     """Grant a user emergency access to one patient, from now until ``expires_at``
     (flushed)."""
-    session.add(
-        BreakGlass(
-            user_pk=user_pk,
-            patient_pk=patient_pk,
-            reason=reason,
-            created_at=utcnow(),
-            expires_at=expires_at,
-        )
-    )
+    values: dict[str, Any] = {
+        "user_pk": user_pk,
+        "patient_pk": patient_pk,
+        "reason": reason,
+        "created_at": utcnow(),
+        "expires_at": expires_at,
+    }
+    session.add(BreakGlass(**values))
+    note_care_change(session, "break-glass", **values)
     session.flush()

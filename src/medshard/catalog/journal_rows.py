@@ -82,14 +82,7 @@ def link_facts(session: Session, kind: str, object_pk: int) -> dict[str, Any]:
     Site references are given as ``*site_id`` keys (the journal turns them into names).
     """
     if kind == "document":
-        version = _row(session, DocumentVersion, "object_pk", object_pk)
-        document = _row(session, Document, "id", version["document_pk"])
-        return {
-            "site_id": version["source_site_id"],
-            "document_site_id": document["source_site_id"],
-            "document": _facts(document),
-            "version": _facts(version),
-        }
+        return _document_facts(session, _row(session, DocumentVersion, "object_pk", object_pk))
     if kind == "sensor-raw":
         batch = _row(session, SensorBatch, "raw_object_pk", object_pk)
         return {"site_id": batch["source_site_id"], "batch": _facts(batch)}
@@ -102,6 +95,53 @@ def link_facts(session: Session, kind: str, object_pk: int) -> dict[str, Any]:
             "batch_uid": batch["batch_uid"],
         }
     return {}
+
+
+def _document_facts(session: Session, version: dict[str, Any]) -> dict[str, Any]:
+    document = _row(session, Document, "id", version["document_pk"])
+    return {
+        "site_id": version["source_site_id"],
+        "document_site_id": document["source_site_id"],
+        "document": _facts(document),
+        "version": _facts(version),
+    }
+
+
+def version_facts(session: Session, doc_pk: int, version: int) -> dict[str, Any]:
+    """:func:`link_facts` of a document version that reuses an earlier version's object (a
+    metadata-only update), in its open transaction."""
+    table = _table(DocumentVersion)
+    row = (
+        session.connection()
+        .execute(select(table).where(table.c.document_pk == doc_pk, table.c.version == version))
+        .first()
+    )
+    if row is None:
+        raise NotFoundError(f"no version {version} of document row {doc_pk}")
+    return _document_facts(session, dict(row._mapping))
+
+
+def version_known(session: Session, facts: dict[str, Any]) -> bool:
+    """Whether the catalog has the document version ``facts`` describe."""
+    found = session.scalar(
+        select(DocumentVersion.id)
+        .join(Document, Document.id == DocumentVersion.document_pk)
+        .where(
+            Document.doc_uid == facts["document"]["doc_uid"],
+            DocumentVersion.version == facts["version"]["version"],
+        )
+    )
+    return found is not None
+
+
+def object_pk_and_patient(session: Session, object_key: str) -> tuple[int, int] | None:
+    """(object row key, patient row key) of the object of this key, if the catalog has it."""
+    row = session.execute(
+        select(StoredObject.id, StoredObject.patient_pk).where(
+            StoredObject.object_key == object_key
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
 
 
 def add_record_rows(

@@ -14,6 +14,16 @@ object its backup lacks (:mod:`medshard.cluster.journal_replay`). Thumbnails are
 journaled: the viewer makes one again on first request. On by default for a SQLite catalog
 (setting ``journal``); a PostgreSQL catalog is not in the backups and has its standby.
 
+A metadata-only document update (a new version that reuses the previous version's object)
+stores no object, so it is journaled on its own (:meth:`Journal.note_version`) and replayed
+after the object it points at.
+
+Care-team changes ride along in the blob of the transaction that made them
+(:mod:`medshard.catalog.care_journal`): a write's involvement of its site and doctor, a
+doctor added or removed, a share, a break-glass grant (those go through
+:meth:`~medshard.cluster.archive.Archive.journaled_transaction`). A restore applies them in
+journal order, after the objects of the same blob.
+
 Removals are journaled too (:meth:`Journal.note_removal`, in the removing transaction
 through :meth:`~medshard.cluster.archive.Archive.journaled_transaction`): a patient's
 erasure, a study's deletion with the keys of its objects. A restore applies them in journal
@@ -65,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy.orm import Session
 
 from medshard import metrics
+from medshard.catalog.care_journal import named_care_changes
 from medshard.catalog.db import peek_scratch, transaction_scratch
 from medshard.catalog.journal_rows import site_name_of
 from medshard.cluster.backup_format import BackupSeal, new_backup_id
@@ -83,6 +94,8 @@ JOURNAL_FORMAT: Final = 1
 _NAME_RE: Final = re.compile(r"journal-(\d{8}t\d{12}z)-([0-9a-f]{8})-(\d{8,})")
 _SCRATCH_KEY: Final = "journal"
 _REMOVALS_KEY: Final = "journal-removals"
+_PATIENTS_KEY: Final = "journal-patients"
+_VERSIONS_KEY: Final = "journal-versions"
 #: Kinds not journaled: made again from what is (a thumbnail, on its first request).
 REDERIVABLE_KINDS: Final = ("thumbnail",)
 #: A backup deletes another process's journal blobs (``medshard import`` beside the
@@ -153,10 +166,7 @@ class Journal:
         facts: Mapping[str, Any],
     ) -> None:
         """Add an object's manifest to its transaction's blob (written by :meth:`flush`)."""
-        link = dict(facts)
-        for key in [k for k in link if k.endswith("site_id")]:  # ids are the catalog's own
-            site_pk = link.pop(key)
-            link[key.removesuffix("_id")] = self._site_name(session, site_pk)
+        link = self._named_sites(session, facts)
         manifest = {
             "key": written.object_key,
             "kind": kind,
@@ -177,7 +187,9 @@ class Journal:
             "data_key": b64(wrapped_key),
             "link": link,
         }
-        transaction_scratch(session).setdefault(_SCRATCH_KEY, []).append(manifest)
+        scratch = transaction_scratch(session)
+        scratch.setdefault(_SCRATCH_KEY, []).append(manifest)
+        scratch.setdefault(_PATIENTS_KEY, {})[row.pk] = row.patient_id
 
     def note_removal(
         self,
@@ -196,6 +208,21 @@ class Journal:
         entry: dict[str, Any] = {"patient": patient, "study": study, "objects": list(objects)}
         transaction_scratch(session).setdefault(_REMOVALS_KEY, []).append(entry)
 
+    def note_version(self, session: Session, *, object_key: str, facts: Mapping[str, Any]) -> None:
+        """Add a row that points at an object stored earlier (a metadata-only document
+        version: ``facts`` as :func:`~medshard.catalog.journal_rows.version_facts` gives them)
+        to its transaction's blob; no new object means no manifest would carry it."""
+        link = self._named_sites(session, facts)
+        entry = {"key": object_key, "link": link}
+        transaction_scratch(session).setdefault(_VERSIONS_KEY, []).append(entry)
+
+    def _named_sites(self, session: Session, facts: Mapping[str, Any]) -> dict[str, Any]:
+        link = dict(facts)
+        for key in [k for k in link if k.endswith("site_id")]:  # ids are the catalog's own
+            site_pk = link.pop(key)
+            link[key.removesuffix("_id")] = self._site_name(session, site_pk)
+        return link
+
     def _site_name(self, session: Session, site_pk: int | None) -> str | None:
         if site_pk is None:
             return None
@@ -208,10 +235,12 @@ class Journal:
 
         The catalog's ``before_group_commit`` hook; returns what marks the blob settled.
         """
-        scratch = peek_scratch(session)
-        manifests = scratch.get(_SCRATCH_KEY, []) if scratch else []
-        removals = scratch.get(_REMOVALS_KEY, []) if scratch else []
-        if not manifests and not removals:
+        scratch = peek_scratch(session) or {}
+        manifests = scratch.get(_SCRATCH_KEY, [])
+        removals = scratch.get(_REMOVALS_KEY, [])
+        versions = scratch.get(_VERSIONS_KEY, [])
+        care = named_care_changes(session, scratch.get(_PATIENTS_KEY, {}))
+        if not manifests and not removals and not versions and not care:
             return None
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
@@ -219,7 +248,17 @@ class Journal:
             stamp = new_backup_id(datetime.now(UTC))
         settle = partial(self._settle, seq)
         try:
-            self._write(journal_name(stamp, self.writer, seq), seq, manifests, removals)
+            body = {
+                "format": JOURNAL_FORMAT,
+                "writer": self.writer,
+                "seq": seq,
+                "objects": manifests,
+                "removals": removals,
+                "versions": versions,
+                "care": care,
+            }
+            plaintext = json.dumps(body, separators=(",", ":")).encode()
+            self.write_sealed(journal_name(stamp, self.writer, seq), plaintext, "object journal")
         except BaseException:
             settle()
             raise
@@ -230,22 +269,6 @@ class Journal:
     def _settle(self, seq: int) -> None:
         with self._lock:
             self._inflight.discard(seq)
-
-    def _write(
-        self,
-        name: str,
-        seq: int,
-        manifests: list[dict[str, Any]],
-        removals: list[dict[str, Any]],
-    ) -> None:
-        body = {
-            "format": JOURNAL_FORMAT,
-            "writer": self.writer,
-            "seq": seq,
-            "objects": manifests,
-            "removals": removals,
-        }
-        self.write_sealed(name, json.dumps(body, separators=(",", ":")).encode(), "object journal")
 
     def write_sealed(self, name: str, plaintext: bytes, what: str) -> None:
         """Seal ``plaintext`` with the recovery key and write it as the named blob ``name`` to

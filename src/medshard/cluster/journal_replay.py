@@ -25,9 +25,15 @@ group commit retried a write at a time):
 Removals (a patient's erasure, a study's deletion) are applied in journal order, and an
 object a later removal took away is not replayed (its chunks may be gone already).
 
-Not replayed (reported or documented): audit events of those writes, a storing doctor's
-care-team entry, analysis jobs, and what was not a new object or a removal (metadata-only
-document updates).
+Care-team changes (:mod:`medshard.catalog.care_journal`: involvements by writes, doctors
+added or removed, shares, break-glass grants) are applied in journal order too, after the
+objects of their blob; one naming a user or study the restored catalog lacks is counted as
+skipped. So are metadata-only document versions (a new version reusing its predecessor's
+object), after the object they point at.
+
+Not replayed (reported or documented): analysis jobs (a restore queues analysis again for
+the images it replays), and user accounts and API tokens made after the backup. Audit
+events come back from their own shipments (:mod:`medshard.security.audit_shipping`).
 """
 
 from __future__ import annotations
@@ -44,9 +50,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from medshard.catalog.care_journal import apply_care_change
 from medshard.catalog.care_team import involve
 from medshard.catalog.erasure_rows import erase_patient_rows, erase_study_rows
-from medshard.catalog.journal_rows import RECORD_KINDS, add_record_rows, object_known, site_pk_named
+from medshard.catalog.journal_rows import (
+    RECORD_KINDS,
+    add_record_rows,
+    object_known,
+    object_pk_and_patient,
+    site_pk_named,
+    version_known,
+)
 from medshard.catalog.lookups import patient_named
 from medshard.catalog.models import CareSite
 from medshard.catalog.studies import study_named
@@ -91,6 +105,13 @@ class ReplayReport:
     removed: int = 0
     #: Journaled erasures and study deletions applied to the restored catalog.
     removals_applied: int = 0
+    #: Metadata-only document versions: added, already there, or their object is gone.
+    versions_replayed: int = 0
+    versions_present: int = 0
+    versions_orphaned: int = 0
+    #: Journaled care-team changes applied, and skipped (they name what is not restored).
+    care_changes_applied: int = 0
+    care_changes_skipped: int = 0
     unrecoverable: list[str] = field(default_factory=list)
 
 
@@ -113,8 +134,24 @@ class Removal:
         )
 
 
-#: A journal entry in order: an object's manifest, or a removal.
-Entry = dict[str, Any] | Removal
+@dataclass(frozen=True)
+class Version:
+    """A journaled row that points at an object stored earlier (a metadata-only document
+    version): the object's key and the rows' facts."""
+
+    object_key: str
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CareChange:
+    """A journaled care-team change, by name (:mod:`medshard.catalog.care_journal`)."""
+
+    change: dict[str, Any]
+
+
+#: A journal entry in order: an object's manifest, a removal, a version or a care change.
+Entry = dict[str, Any] | Removal | Version | CareChange
 
 
 def open_sealed_json(
@@ -140,7 +177,7 @@ def read_journal(
     listing: dict[str, set[str]],
     report: ReplayReport,
 ) -> list[Entry]:
-    """Every journaled manifest and removal on the nodes, oldest first.
+    """Every journaled manifest, removal and care-team change on the nodes, oldest first.
 
     An object comes once, at its last manifest; one that a later removal took away is left
     out (counted as *removed*): its chunks may already be gone from the nodes.
@@ -149,6 +186,7 @@ def read_journal(
     report.blobs = len(names)
     last: dict[str, tuple[int, dict[str, Any]]] = {}
     removals: list[tuple[int, Removal]] = []
+    changes: list[tuple[int, Entry]] = []
     position = 0
     for name in names:
         body, problem = open_sealed_json(seal, clients, listing, name)
@@ -164,8 +202,14 @@ def read_journal(
                 (position, Removal(removal.get("patient"), removal.get("study"), taken))
             )
             position += 1
+        for version in body.get("versions", []):
+            changes.append((position, Version(version["key"], version["link"])))
+            position += 1
+        for change in body.get("care", []):
+            changes.append((position, CareChange(change)))
+            position += 1
     report.objects = len(last)
-    entries: list[tuple[int, Entry]] = list(removals)
+    entries: list[tuple[int, Entry]] = [*removals, *changes]
     for at, manifest in last.values():
         if any(later > at and r.takes(manifest) for later, r in removals):
             report.removed += 1
@@ -193,6 +237,16 @@ def replay_journal(
             if isinstance(entry, Removal):
                 report.removals_applied += _remove(archive, entry)
                 continue
+            if isinstance(entry, Version):
+                outcome = _add_version(archive, entry)
+                setattr(report, outcome, getattr(report, outcome) + 1)
+                continue
+            if isinstance(entry, CareChange):
+                with archive.catalog.transaction() as session:
+                    applied = apply_care_change(session, entry.change)
+                report.care_changes_applied += applied
+                report.care_changes_skipped += not applied
+                continue
             try:
                 outcome = _replay(archive, by_name, entry, reingest)
             except (MedshardError, _Unrecoverable) as exc:
@@ -202,6 +256,22 @@ def replay_journal(
     if report.unrecoverable:
         log.warning("journal replay: %d not restored", len(report.unrecoverable))
     return report
+
+
+def _add_version(archive: Archive, version: Version) -> str:
+    """Add a journaled metadata-only document version to the restored catalog; the report
+    field it counts in."""
+    with archive.catalog.transaction() as session:
+        if version_known(session, version.facts):
+            return "versions_present"
+        found = object_pk_and_patient(session, version.object_key)
+        if found is None:  # its document was erased or deleted later
+            return "versions_orphaned"
+        object_pk, patient_pk = found
+        add_record_rows(
+            session, "document", version.facts, patient_pk=patient_pk, object_pk=object_pk
+        )
+    return "versions_replayed"
 
 
 def _remove(archive: Archive, removal: Removal) -> int:

@@ -17,6 +17,8 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from medshard.catalog import records as rows
+from medshard.catalog.journal_rows import version_facts
+from medshard.catalog.lookups import object_key_of
 from medshard.catalog.record_reads import version_object_pk
 from medshard.catalog.records import DocFields, DocRow
 from medshard.catalog.records_models import Document, DocumentVersion
@@ -136,10 +138,16 @@ def update(
 
     if content is None:  # metadata only: the new version points at the same object
         media = current.content_type
-        with gate.catalog.transaction() as session:
+        archive = gate.archive
+        with archive.journaled_transaction() as session:
             obj = version_object_pk(session, doc_pk_owner[0], current.latest_version)
             assert obj is not None
             version = link(session, doc_pk_owner[1], obj)
+            key = object_key_of(session, obj)
+            if archive.journaling and key is not None:  # no new object: no manifest has it
+                archive.journal.note_version(
+                    session, object_key=key, facts=version_facts(session, doc_pk_owner[0], version)
+                )
         return version_of(doc_uid, version, audit=False)
     media = _checked(caller, content, "document-update")
     put = gate.archive.put_object(

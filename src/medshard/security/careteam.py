@@ -1,7 +1,9 @@
 """Care teams, shares with experts and break-glass: the relations authorization reads.
 
 Each operation checks who may do it and appends its audit event in the same transaction as
-the change, so the log and the relations can never disagree. The rows are read and written
+the change, so the log and the relations can never disagree; the change is journaled on the
+nodes before it commits (:mod:`medshard.catalog.care_journal`), so a restore of a lost
+service keeps it. The rows are read and written
 by :mod:`medshard.catalog.care_team`.
 """
 
@@ -79,7 +81,7 @@ def change_doctor(
 ) -> None:
     """Add or remove a doctor; by an admin or a doctor already in the care team."""
     action = "careteam-add" if add else "careteam-remove"
-    with gate.catalog.transaction() as session:
+    with gate.archive.journaled_transaction() as session:
         patient = _patient(session, patient_id)
         if not _may_manage(session, principal, patient):
             gate.denied(principal, action, patient_pk=patient.id, patient_id=patient_id)
@@ -108,7 +110,7 @@ def share_study(
         raise AccessDeniedError("only a doctor of the patient may share a study")
     if not 0 < days <= gate.settings.max_share_days:
         raise InvalidInputError(f"days must be between 0 and {gate.settings.max_share_days}")
-    with gate.catalog.transaction() as session:
+    with gate.archive.journaled_transaction() as session:
         study = study_named(session, study_uid)
         allowed = study is not None and rows.in_care_team(
             session, is_doctor_of(principal, study.patient_pk)
@@ -171,7 +173,7 @@ def break_glass(gate: Gate, principal: Principal, patient_id: str, reason: str) 
     reason = reason.strip()
     if len(reason) < 10:
         raise InvalidInputError("break-glass needs a reason of at least 10 characters")
-    with gate.catalog.transaction() as session:
+    with gate.archive.journaled_transaction() as session:
         patient = _patient(session, patient_id)
         expires = utcnow() + timedelta(minutes=gate.settings.break_glass_minutes)
         rows.add_break_glass(
