@@ -14,6 +14,7 @@ applying one the backup already holds changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 
@@ -41,9 +42,11 @@ def note_care_change(session: Session, op: str, **fields: Any) -> None:
     transaction_scratch(session).setdefault(_SCRATCH_KEY, []).append({"op": op, **fields})
 
 
-def named_care_changes(session: Session, patients: dict[int, str]) -> list[dict[str, Any]]:
+def named_care_changes(
+    session: Session, patients: dict[int, str], site_name: Callable[[Session, int], str | None]
+) -> list[dict[str, Any]]:
     """This transaction's care-team changes, keys replaced by names; ``patients`` (row key
-    to Patient ID) spares a lookup for the patients the transaction wrote."""
+    to Patient ID) and ``site_name`` (the journal's cache) spare the write path's lookups."""
     scratch = peek_scratch(session)
     changes = scratch.get(_SCRATCH_KEY, []) if scratch else []
     out = []
@@ -52,6 +55,8 @@ def named_care_changes(session: Session, patients: dict[int, str]) -> list[dict[
         for field, value in change.items():
             if field == "patient_pk" and value in patients:
                 named["patient"] = patients[value]
+            elif field == "site_id" and value is not None:
+                named["site"] = site_name(session, value)
             elif field in _NAMES:
                 name, pk, column = _NAMES[field]
                 named[name] = (

@@ -239,7 +239,7 @@ class Journal:
         manifests = scratch.get(_SCRATCH_KEY, [])
         removals = scratch.get(_REMOVALS_KEY, [])
         versions = scratch.get(_VERSIONS_KEY, [])
-        care = named_care_changes(session, scratch.get(_PATIENTS_KEY, {}))
+        care = named_care_changes(session, scratch.get(_PATIENTS_KEY, {}), self._site_name)
         if not manifests and not removals and not versions and not care:
             return None
         with self._lock:
