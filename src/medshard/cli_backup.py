@@ -48,6 +48,11 @@ def backup(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
             f"backup {report.backup_id}: {report.bytes} bytes on {report.copies}/{report.wanted} "
             f"nodes ({', '.join(report.nodes)}); {report.objects} objects in the catalog"
         )
+        if report.blobs_recopied:
+            out.print(
+                f"re-copied {report.blobs_recopied} journal and audit blob copies lost with "
+                "their nodes"
+            )
         for failure in report.failures:
             out.print(f"[yellow]not written[/yellow] {failure}")
     if key:

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from medshard.api.dicomweb.multipart import boundary_of, iter_parts_sync
 from medshard.bench.data import generate_instances
 from medshard.catalog.models import AnalysisJob, Instance, Patient, StoredObject, Study
-from medshard.cluster import journal
+from medshard.cluster import journal, metadata_backup
 from medshard.cluster.archive import Archive
 from medshard.cluster.journal import JournalMark, journal_name, parse_journal_name
 from medshard.cluster.metadata_backup import take_backup
@@ -280,6 +280,37 @@ def test_a_backup_trims_the_journal_it_holds(
         report = take_backup(archive)
         assert report.journal_trimmed == 4 * 3
     assert not any(_journal_on(dep).values())
+
+
+def test_a_backup_recopies_the_journal_a_dead_node_took(
+    sqlite_deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journal blobs the backup does not hold (another process's, recent) and that lost a
+    copy with a node killed by SIGKILL are copied to live nodes again, from a copy that
+    opens under the recovery key; then every one has k copies on live nodes."""
+    dep = sqlite_deployment
+    dep.cli_json("import", str(sample_dicom_dir()))
+    written = _journal_on(dep)
+    victim = max(written, key=lambda name: len(written[name]))
+    lost = written[victim]
+    assert lost, written
+    dep.node(victim).kill()
+    monkeypatch.setattr(metadata_backup, "RECOPY_AFTER_S", 0.0)
+    with Archive.open(dep.home) as archive:
+        assert not archive.pool.nodes[victim].available
+        report = take_backup(archive)
+        assert report.journal_trimmed == 0  # another process's, too recent for a trim
+        assert report.blobs_recopied == len(lost)
+        assert take_backup(archive).blobs_recopied == 0  # nothing short any more
+    survivors = [n for n in dep.nodes if n.name != victim]
+    held: dict[str, int] = {}
+    for node in survivors:
+        with NodeClient(node.name, node.url, dep.settings.node_secret) as client:
+            for blob in client.list_meta():
+                if parse_journal_name(str(blob["name"])):
+                    held[str(blob["name"])] = held.get(str(blob["name"]), 0) + 1
+    assert set(held) == set().union(*written.values())
+    assert set(held.values()) == {dep.settings.replicas}, held
 
 
 def _patient_and_study(path: Path) -> tuple[str, str]:

@@ -160,6 +160,20 @@ def parse_audit_shipment_name(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+_JOURNAL_RE: Final = re.compile(r"journal-(\d{8}t\d{12}z)-([0-9a-f]{8})-(\d{8,})")
+
+
+def journal_name(stamp: str, writer: str, seq: int) -> str:
+    """The named blob of an object journal group (:mod:`medshard.cluster.journal`)."""
+    return f"journal-{stamp}-{writer}-{seq:08d}"
+
+
+def parse_journal_name(name: str) -> tuple[str, str, int] | None:
+    """(time stamp, writer, seq) of a journal blob's name, else None."""
+    match = _JOURNAL_RE.fullmatch(name)
+    return (match.group(1), match.group(2), int(match.group(3))) if match else None
+
+
 def split(data: bytes, part_bytes: int) -> list[bytes]:
     """``data`` in pieces of at most ``part_bytes`` (one empty piece for empty data)."""
     return [data[i : i + part_bytes] for i in range(0, len(data), part_bytes)] or [b""]

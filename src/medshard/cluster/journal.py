@@ -62,7 +62,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -78,7 +77,12 @@ from medshard import metrics
 from medshard.catalog.care_journal import named_care_changes
 from medshard.catalog.db import peek_scratch, transaction_scratch
 from medshard.catalog.journal_rows import site_name_of
-from medshard.cluster.backup_format import BackupSeal, new_backup_id
+from medshard.cluster.backup_format import (
+    BackupSeal,
+    journal_name,
+    new_backup_id,
+    parse_journal_name,
+)
 from medshard.cluster.metadata_backup import choose_targets, ensure_recovery_key
 from medshard.config import Settings
 from medshard.errors import MedshardError, NodeFullError, NoQuorumError
@@ -91,7 +95,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOURNAL_FORMAT: Final = 1
-_NAME_RE: Final = re.compile(r"journal-(\d{8}t\d{12}z)-([0-9a-f]{8})-(\d{8,})")
 _SCRATCH_KEY: Final = "journal"
 _REMOVALS_KEY: Final = "journal-removals"
 _PATIENTS_KEY: Final = "journal-patients"
@@ -102,16 +105,6 @@ REDERIVABLE_KINDS: Final = ("thumbnail",)
 #: service) only once they are this much older than its snapshot: by then their transaction
 #: has long ended (the blob is written just before COMMIT), so the snapshot holds their rows.
 TRIM_SLACK_S = 600.0
-
-
-def journal_name(stamp: str, writer: str, seq: int) -> str:
-    return f"journal-{stamp}-{writer}-{seq:08d}"
-
-
-def parse_journal_name(name: str) -> tuple[str, str, int] | None:
-    """(time stamp, writer, seq) of a journal blob's name, else None."""
-    match = _NAME_RE.fullmatch(name)
-    return (match.group(1), match.group(2), int(match.group(3))) if match else None
 
 
 def b64(data: bytes) -> str:

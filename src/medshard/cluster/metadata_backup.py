@@ -22,7 +22,10 @@ may be gone); ``medshard backup`` takes one now. The newest ``backup_keep`` are 
 Objects acknowledged after a backup are not in it: the write-ahead object journal
 (:mod:`medshard.cluster.journal`) holds their manifests on a quorum of nodes, and a restore
 replays them. A backup stored on ``write_quorum`` nodes or more trims the journal blobs its
-snapshot holds (:meth:`Journal.mark` before the snapshot, :meth:`Journal.trim` after). On
+snapshot holds (:meth:`Journal.mark` before the snapshot, :meth:`Journal.trim` after), then
+gives what is left of the journal and the audit shipments ``replicas`` copies again where a
+lost node took one (:func:`recopy_short_blobs`; a backup follows a node's loss within
+``SOON_S``). On
 PostgreSQL the catalog is not in the backup (settings and keys still are) and there is no
 journal: the production answer there is streaming replication to a hot standby, whose
 promotion loses nothing acknowledged.
@@ -39,7 +42,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +58,7 @@ from medshard.cluster.backup_format import (
     pack_files,
     parse_audit_shipment_name,
     parse_blob_name,
+    parse_journal_name,
     parse_recovery_key,
     part_name,
     split,
@@ -94,6 +98,8 @@ class BackupReport:
     journal_trimmed: int = 0
     #: Audit shipments (medshard/security/audit_shipping.py) deleted: the backup holds them.
     audit_shipments_trimmed: int = 0
+    #: Copies made of journal blobs and audit shipments left with fewer than ``replicas``.
+    blobs_recopied: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -262,6 +268,10 @@ def take_backup(archive: Archive) -> BackupReport:
         report.audit_shipments_trimmed = trim_audit_shipments(
             list(archive.pool.nodes.values()), audit_through
         )
+    if kind == "sqlite":
+        report.blobs_recopied = recopy_short_blobs(
+            list(archive.pool.nodes.values()), settings.replicas, seal
+        )
     save_state(settings, {"last": report.as_dict(), "last_error": None})
     if report.copies < settings.replicas:
         log.warning(
@@ -299,6 +309,73 @@ def prune(handles: list[NodeHandle], keep: int) -> int:
                 except MedshardError:
                     break
     return deleted
+
+
+#: A journal blob younger than this may still be being written (or undone after missing its
+#: quorum): it is not re-copied yet.
+RECOPY_AFTER_S = 60.0
+
+
+def _recopied_kind(name: str, settled_before: str) -> bool:
+    """Named blobs that exist once: the object journal (settled) and audit shipments. (A
+    backup is written again whole, soon after a node leaves, so its parts are not.)"""
+    journal = parse_journal_name(name)
+    if journal is not None:
+        return journal[0] < settled_before
+    return parse_audit_shipment_name(name) is not None
+
+
+def recopy_short_blobs(handles: list[NodeHandle], replicas: int, seal: BackupSeal) -> int:
+    """Give every journal blob and audit shipment ``replicas`` copies on live nodes again,
+    copying one that opens under the recovery key (a damaged copy is not spread); how many
+    copies were made.
+
+    Run after a backup's trim, so only what the backup does not hold is copied. Without it
+    a node lost takes one copy of each with it for good, and the next losses could take an
+    acknowledged object's only manifest while the home is gone too.
+    """
+    live = [h for h in handles if h.available]
+    settled_before = new_backup_id(datetime.now(UTC) - timedelta(seconds=RECOPY_AFTER_S))
+    holders: dict[str, list[NodeHandle]] = {}
+    for handle in live:
+        try:
+            names = [str(b["name"]) for b in handle.client.list_meta()]
+        except MedshardError as exc:
+            log.info("blob listing on %s failed: %s", handle.name, exc)
+            continue
+        for name in names:
+            if _recopied_kind(name, settled_before):
+                holders.setdefault(name, []).append(handle)
+    made = 0
+    for name, held in sorted(holders.items()):
+        missing = replicas - len(held)
+        if missing <= 0:
+            continue
+        blob = _intact_copy(name, held, seal)
+        if blob is None:
+            log.error("no copy of %s opens under the recovery key; not re-copied", name)
+            continue
+        spare = [h for h in live if h not in held]
+        for target in choose_targets(spare, missing) if spare else []:
+            try:
+                target.client.put_meta(name, blob)
+                made += 1
+            except MedshardError as exc:
+                log.warning("re-copy of %s to %s failed: %s", name, target.name, exc)
+    if made:
+        log.info("re-copied %d journal and audit blob copies lost with their nodes", made)
+    return made
+
+
+def _intact_copy(name: str, held: list[NodeHandle], seal: BackupSeal) -> bytes | None:
+    for handle in held:
+        try:
+            blob = handle.client.get_meta(name)
+            seal.open(name, blob)
+        except (MedshardError, ValueError):
+            continue
+        return blob
+    return None
 
 
 def trim_audit_shipments(handles: list[NodeHandle], through_seq: int) -> int:
