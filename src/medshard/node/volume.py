@@ -11,36 +11,20 @@ bandwidth. On the benchmark that chose this design (8 writers x 300 KB) it susta
 the chunks/s of one-file-per-chunk with batched fsyncs. :meth:`VolumeStore.put_many` appends a
 whole batch of chunks (one request from the service) and waits for one fdatasync for them all.
 
-Record format (little endian), back to back in ``vol-NNNNNNNN.dat``::
-
-    magic "MSv1" | kind u8 | pad 3 | chunk id 32 bytes | length u64 | data crc32 u32 |
-    header crc32 u32 | data
-
-``kind`` is PUT or TOMBSTONE (a delete; length 0). The index ``chunk id -> (volume, offset,
-length)`` lives in memory and is rebuilt on open by scanning the volumes in order, so the last
-record for an id wins. A crash can leave a torn record behind the last fdatasync; no such record
-was ever acknowledged, and the scan skips it (bad header or data crc) and truncates trailing
-garbage. Records are only visible to readers once durable, so a half chunk is never served.
+Records (:mod:`medshard.node.volume_records`: header with crcs, then data) go back to back
+in ``vol-NNNNNNNN.dat``. The index ``chunk id -> (volume, offset, length)`` lives in memory
+and is rebuilt on open by scanning the volumes in order, so the last record for an id wins
+(a TOMBSTONE record is a delete). A crash can leave a torn record behind the last fdatasync;
+no such record was ever acknowledged, and the scan skips it (bad header or data crc) and
+truncates trailing garbage. Records are only visible to readers once durable, so a half
+chunk is never served.
 
 Reads are not verified here: readers hash what they get (the id *is* the hash), which also
 catches bit rot that happened after the write. A PUT of an id already present does re-check the
 stored copy, so re-sending a chunk repairs a rotten replica.
 
-Compaction
-----------
-Deletes and overwrites leave dead records behind. Each volume keeps count of its live bytes
-(``size - live`` is dead: overwritten and deleted chunks, tombstones, torn records), and
-:meth:`VolumeStore.compact` rewrites a *sealed* volume (never the one being appended to) with
-only what must stay: the live PUT records, and the tombstones that still shadow a PUT of the
-same id in an older volume (a tombstone can go once no older volume holds such a PUT). The new
-file is written beside the old one as ``vol-NNNNNNNN.compact``, fsync'd, then renamed over it,
-so the volume keeps its number and hence its place in the scan order: a record copied while
-its chunk is deleted or re-put is shadowed by the newer record exactly as before, and no lock
-on the chunk is needed. A crash before the rename leaves the old volume (and a stray
-``.compact`` file, removed at the next open); after it, the new one; either scans to the same
-live chunks. The index entries switch to the new file under the store lock; readers pin the
-volume they read from, so the old file descriptor is closed (and the space freed) only once
-the last of them is done. :mod:`medshard.node.compaction` decides when, and limits the rate.
+Deletes and overwrites leave dead records behind; compaction
+(:mod:`medshard.node.volume_compaction`) rewrites a sealed volume without them.
 
 ``used_bytes`` counts live chunk bytes; :meth:`VolumeStore.volume_usage` reports dead bytes.
 """
@@ -54,150 +38,61 @@ import logging
 import mmap
 import os
 import re
-import struct
 import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from medshard.errors import (
     ChecksumMismatchError,
-    InvalidInputError,
     MedshardError,
     NodeUnavailableError,
     NotFoundError,
     StorageError,
 )
+from medshard.node.volume_compaction import (
+    COMPACT_SUFFIX,
+    CompactingVolumes,
+    CompactionResult,
+    VolumeUsage,
+)
+from medshard.node.volume_records import (
+    HEADER_SIZE,
+    KIND_PUT,
+    KIND_TOMBSTONE,
+    MAGIC,
+    MAX_CHUNK_BYTES,
+    Bytes,
+    Loc,
+    RecordHeader,
+    Volume,
+    check_chunk_id,
+    check_put,
+    pack_header,
+    parse_header,
+)
 from medshard.storage.chunkstore import ChunkStat
+
+__all__ = [
+    "DEFAULT_VOLUME_BYTES",
+    "HEADER_SIZE",
+    "KIND_PUT",
+    "MAX_CHUNK_BYTES",
+    "CompactionResult",
+    "VolumeStore",
+    "VolumeUsage",
+    "check_chunk_id",
+    "pack_header",
+]
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"MSv1"
-KIND_PUT = 1
-KIND_TOMBSTONE = 2
-_HEAD = struct.Struct("<4sB3x32sQI")  # everything the header crc covers
-HEADER_SIZE = _HEAD.size + 4
-MAX_CHUNK_BYTES = 64 * 1024 * 1024  # far above the 4 MiB + tag the chunker makes; a sanity bound
 DEFAULT_VOLUME_BYTES = 1 << 30
-_ID_RE = re.compile(r"[0-9a-f]{64}")
 _VOLUME_RE = re.compile(r"vol-(\d{8})\.dat")
-_COMPACT_SUFFIX = ".compact"  # a volume being rewritten; not a volume until renamed over it
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
-#: A chunk's bytes: a batch's chunks are views into its request body, not copies.
-Bytes = bytes | memoryview
 
 
-def check_chunk_id(chunk_id: str) -> None:
-    """Refuse anything but a lowercase hex SHA-256, before it reaches a path or an index."""
-    if not (isinstance(chunk_id, str) and _ID_RE.fullmatch(chunk_id)):
-        raise InvalidInputError(f"malformed chunk id {chunk_id!r}: expected 64 lowercase hex")
-
-
-def _check_put(chunk_id: str, data: Bytes) -> None:
-    """Refuse a chunk whose id is malformed, that is too large, or that does not hash to it."""
-    check_chunk_id(chunk_id)
-    if len(data) > MAX_CHUNK_BYTES:
-        raise InvalidInputError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != chunk_id:
-        raise ChecksumMismatchError(f"chunk {chunk_id}", chunk_id, actual)
-
-
-def pack_header(kind: int, chunk_id: str, data: Bytes) -> bytes:
-    """Header of one record; the header crc lets a scan tell a torn header from a real one."""
-    head = _HEAD.pack(MAGIC, kind, bytes.fromhex(chunk_id), len(data), zlib.crc32(data))
-    return head + struct.pack("<I", zlib.crc32(head))
-
-
-@dataclass(frozen=True)
-class _Header:
-    kind: int
-    chunk_id: str
-    length: int
-    data_crc: int
-
-
-def _parse_header(raw: bytes) -> _Header | None:
-    """A header, or None when the bytes are not one (torn, rotten, or not a record at all)."""
-    if len(raw) < HEADER_SIZE or raw[:4] != MAGIC:
-        return None
-    head = raw[: _HEAD.size]
-    (header_crc,) = struct.unpack_from("<I", raw, _HEAD.size)
-    if zlib.crc32(head) != header_crc:
-        return None
-    _, kind, digest, length, data_crc = _HEAD.unpack(head)
-    if kind not in (KIND_PUT, KIND_TOMBSTONE) or length > MAX_CHUNK_BYTES:
-        return None
-    return _Header(kind, digest.hex(), length, data_crc)
-
-
-@dataclass(eq=False)
-class _Volume:
-    number: int
-    path: Path
-    fd: int
-    size: int
-    live: int = 0  # bytes (headers included) of the PUT records the index points at
-    dead_puts: set[str] = field(default_factory=set)  # ids of PUT records no longer live
-    tombstones: set[str] = field(default_factory=set)  # ids with a tombstone record here
-    pending: int = 0  # PUT records written here, not yet durable and indexed
-    pins: int = 0  # readers using fd; a retired volume's fd is closed when the last one goes
-    retired: bool = False
-
-
-@dataclass(frozen=True)
-class _Loc:
-    volume: _Volume
-    offset: int  # of the data, not the header
-    length: int
-
-
-@dataclass(frozen=True)
-class VolumeUsage:
-    """Space accounting of one volume file, for compaction and ``/health``."""
-
-    number: int
-    size: int
-    #: Bytes (headers included) of live PUT records.
-    live_bytes: int
-    #: ``size - live_bytes``: overwritten and deleted chunks, tombstones, torn records.
-    dead_bytes: int
-    #: What compaction would free: dead bytes less the tombstones that must stay.
-    reclaimable_bytes: int
-    #: False only for the volume being appended to, which is never compacted.
-    sealed: bool
-
-    @property
-    def reclaimable_fraction(self) -> float:
-        return self.reclaimable_bytes / self.size if self.size else 0.0
-
-
-@dataclass(frozen=True)
-class CompactionResult:
-    """What :meth:`VolumeStore.compact` did to one volume."""
-
-    number: int
-    before_bytes: int
-    after_bytes: int
-    records_copied: int
-    tombstones_kept: int
-
-    @property
-    def reclaimed_bytes(self) -> int:
-        return self.before_bytes - self.after_bytes
-
-    @property
-    def copied_bytes(self) -> int:
-        return self.after_bytes
-
-
-def _by_offset(item: tuple[str, _Loc]) -> int:
-    return item[1].offset
-
-
-class VolumeStore:
+class VolumeStore(CompactingVolumes):
     """A :class:`~medshard.storage.chunkstore.ChunkStore` on local disk, safe across threads.
 
     Parameters
@@ -243,9 +138,9 @@ class VolumeStore:
         self._lock = threading.Lock()  # index, volumes, append offset, byte counts
         self._busy_ids = threading.Condition(self._lock)  # ids with a put/delete in flight
         self._in_flight: set[str] = set()
-        self._index: dict[str, _Loc] = {}
-        self._volumes: list[_Volume] = []
-        self._retired: list[_Volume] = []  # compacted away, fd kept open for pinned readers
+        self._index: dict[str, Loc] = {}
+        self._volumes: list[Volume] = []
+        self._retired: list[Volume] = []  # compacted away, fd kept open for pinned readers
         self._compacting = threading.Lock()  # one compaction at a time
         self._used = 0
         self._reserved = 0
@@ -285,7 +180,7 @@ class VolumeStore:
         first: dict[str, int] = {}  # id -> the item that stores it
         for i, (chunk_id, data) in enumerate(items):
             try:
-                _check_put(chunk_id, data)
+                check_put(chunk_id, data)
             except MedshardError as e:
                 outcomes[i] = e
                 continue
@@ -407,172 +302,9 @@ class VolumeStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- compaction (see the module docstring; policy and pace in medshard.node.compaction) ----
-
-    def volume_usage(self) -> list[VolumeUsage]:
-        """Live, dead and reclaimable bytes of every volume, oldest first."""
-        with self._lock:
-            snap = [
-                (v.number, v.size, v.live, tuple(v.tombstones), tuple(v.dead_puts))
-                for v in self._volumes
-            ]
-        index = self._index  # membership tests only: atomic without the lock
-        older_puts: set[str] = set()  # ids with a dead PUT in a volume seen so far
-        usage = []
-        for i, (number, size, live, tombstones, dead_puts) in enumerate(snap):
-            kept = sum(1 for t in tombstones if t in older_puts and t not in index)
-            dead = size - live
-            reclaimable = max(0, dead - kept * HEADER_SIZE)
-            usage.append(VolumeUsage(number, size, live, dead, reclaimable, i < len(snap) - 1))
-            older_puts.update(dead_puts)
-        return usage
-
-    def compact(
-        self, number: int, *, throttle: Callable[[int], None] | None = None
-    ) -> CompactionResult:
-        """Rewrite sealed volume ``number`` with only its live records and needed tombstones.
-
-        Parameters
-        ----------
-        number
-            The volume (``vol-NNNNNNNN.dat``); the one being appended to is refused.
-        throttle
-            Called with the size of each record before it is copied: sleep there to limit
-            the rate, or raise to abandon the compaction (nothing changes then).
-
-        Raises
-        ------
-        InvalidInputError
-            No such sealed volume.
-        StorageError
-            On I/O failures; the old volume stays as it was, the partial copy is removed.
-        """
-        with self._compacting:
-            old, keep, tombstones = self._compaction_plan(number)
-            new = _Volume(number, old.path.with_suffix(_COMPACT_SUFFIX), -1, 0)
-            copied: list[tuple[str, _Loc, int]] = []
-            try:
-                if keep or tombstones:
-                    new.fd = os.open(new.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                    copied = self._copy_records(old, new, keep, tombstones, throttle)
-                    os.fsync(new.fd)
-                    if hasattr(os, "posix_fadvise"):  # durable: leave the page cache to clients
-                        os.posix_fadvise(new.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                with self._lock:
-                    self._switch(old, new, copied, tombstones)
-            except BaseException:
-                if not old.retired and new.fd >= 0:  # the old volume stays; the copy goes
-                    os.close(new.fd)
-                    new.path.unlink(missing_ok=True)
-                raise
-            try:
-                os.fsync(self._dir_fd)  # the rename (or unlink) itself
-            except OSError as e:  # either file scans to the same chunks; only tidiness
-                log.warning("node %s: fsync of %s failed: %s", self.name, self.root, e)
-        log.info(
-            "node %s: compacted %s from %d to %d bytes (%d records, %d tombstones kept)",
-            self.name,
-            old.path.name,
-            old.size,
-            new.size,
-            len(copied),
-            len(tombstones),
-        )
-        return CompactionResult(number, old.size, new.size, len(copied), len(tombstones))
-
-    def _compaction_plan(self, number: int) -> tuple[_Volume, list[tuple[str, _Loc]], list[str]]:
-        """The sealed volume, its live records in file order, and the tombstones to keep.
-
-        Every record this plan drops is dead because of a record written before it; those
-        are made durable here, so the dropped ones can never come back after a crash.
-        """
-        while True:
-            with self._lock:
-                self._check_writable()
-                sealed = self._volumes[:-1]
-                old = next((v for v in sealed if v.number == number), None)
-                if old is None:
-                    raise InvalidInputError(f"node {self.name} has no sealed volume {number}")
-                if not old.pending:  # sealed: no new PUT can land in it any more
-                    items = list(self._index.items())
-                    older = [v.dead_puts for v in sealed if v.number < number]
-                    shadowed = set().union(*older) if old.tombstones and older else set()
-                    tombstones = sorted(
-                        t for t in old.tombstones if t in shadowed and t not in self._index
-                    )
-                    seq = self._written_seq
-                    break
-            time.sleep(0.001)  # a PUT written just before the roll-over is finishing
-        keep = sorted(((i, loc) for i, loc in items if loc.volume is old), key=_by_offset)
-        self._wait_durable(seq)
-        return old, keep, tombstones
-
-    def _copy_records(
-        self,
-        old: _Volume,
-        new: _Volume,
-        keep: list[tuple[str, _Loc]],
-        tombstones: list[str],
-        throttle: Callable[[int], None] | None,
-    ) -> list[tuple[str, _Loc, int]]:
-        """Append the kept records to ``new``; returns (id, old location, new data offset)."""
-        copied = []
-        for chunk_id, loc in keep:
-            record = self._pread(old, loc.offset - HEADER_SIZE, HEADER_SIZE + loc.length)
-            hdr = _parse_header(record[:HEADER_SIZE])
-            if hdr is None or hdr.kind != KIND_PUT or hdr.chunk_id != chunk_id:
-                raise StorageError(f"{old.path}: no record of {chunk_id} where the index says")
-            if throttle is not None:
-                throttle(len(record))
-            self._write_all(new, [record], new.size)
-            copied.append((chunk_id, loc, new.size + HEADER_SIZE))
-            new.size += len(record)
-        for chunk_id in tombstones:
-            self._write_all(new, [pack_header(KIND_TOMBSTONE, chunk_id, b"")], new.size)
-            new.size += HEADER_SIZE
-        return copied
-
-    def _switch(
-        self,
-        old: _Volume,
-        new: _Volume,
-        copied: list[tuple[str, _Loc, int]],
-        tombstones: list[str],
-    ) -> None:
-        """Put ``new`` in place of ``old``, on disk and in the index (the caller holds the lock).
-
-        A chunk deleted or re-put during the copy keeps its newer location; its copied
-        record is dead in the new volume, as the old one would have been.
-        """
-        self._check_writable()
-        at = self._volumes.index(old)
-        if new.fd < 0:  # nothing to keep: the volume goes
-            os.unlink(old.path)
-            del self._volumes[at]
-        else:
-            os.replace(new.path, old.path)
-            new.path = old.path
-            for chunk_id, loc, offset in copied:
-                if self._index.get(chunk_id) is loc:
-                    self._index[chunk_id] = _Loc(new, offset, loc.length)
-                    new.live += HEADER_SIZE + loc.length
-                else:
-                    new.dead_puts.add(chunk_id)
-            new.tombstones.update(tombstones)
-            self._volumes[at] = new
-        old.retired = True
-        self._dirty.discard(old.fd)
-        if old.pins:
-            self._retired.append(old)
-            return
-        try:
-            os.close(old.fd)
-        except OSError as e:  # the switch is done; a close error changes nothing
-            log.warning("node %s: closing %s failed: %s", self.name, old.path, e)
-
     # -- writing -------------------------------------------------------------------------------
 
-    def _claim(self, chunk_ids: list[str]) -> list[_Loc | None]:
+    def _claim(self, chunk_ids: list[str]) -> list[Loc | None]:
         """Serialise puts/deletes of one id, so a duplicate PUT never answers before durability.
 
         All of ``chunk_ids`` are taken at once, never one while waiting for another, so two
@@ -609,7 +341,7 @@ class VolumeStore:
         out (capacity, disk full, I/O). Only a failed fdatasync fails them all.
         """
         errors: list[MedshardError | None] = [None] * len(records)
-        written: list[tuple[str, _Volume, int, int]] = []  # id, volume, data offset, size
+        written: list[tuple[str, Volume, int, int]] = []  # id, volume, data offset, size
         with self._lock:
             for i, (chunk_id, data) in enumerate(records):
                 try:
@@ -635,7 +367,7 @@ class VolumeStore:
                 self._settle(written, durable=True)
         return errors
 
-    def _append(self, kind: int, chunk_id: str, data: Bytes) -> tuple[_Volume, int]:
+    def _append(self, kind: int, chunk_id: str, data: Bytes) -> tuple[Volume, int]:
         """Write one record (the caller holds the lock); its volume and data offset."""
         header = pack_header(kind, chunk_id, data)
         size = len(data)
@@ -659,7 +391,7 @@ class VolumeStore:
             vol.pending += 1  # keeps compaction off vol until the record is indexed
         return vol, start + len(header)
 
-    def _settle(self, written: list[tuple[str, _Volume, int, int]], *, durable: bool) -> None:
+    def _settle(self, written: list[tuple[str, Volume, int, int]], *, durable: bool) -> None:
         """Release the reservations of written PUT records and, once durable, index them
         (the caller holds the lock)."""
         for chunk_id, vol, offset, size in written:
@@ -669,9 +401,9 @@ class VolumeStore:
                 self._unindex(chunk_id)
                 self._index_put(chunk_id, vol, offset, size)
 
-    def _index_put(self, chunk_id: str, vol: _Volume, data_offset: int, size: int) -> None:
+    def _index_put(self, chunk_id: str, vol: Volume, data_offset: int, size: int) -> None:
         """Point the index at a PUT record (the caller holds the lock, or is the scan)."""
-        self._index[chunk_id] = _Loc(vol, data_offset, size)
+        self._index[chunk_id] = Loc(vol, data_offset, size)
         self._used += size
         vol.live += HEADER_SIZE + size
 
@@ -683,7 +415,7 @@ class VolumeStore:
             old.volume.live -= HEADER_SIZE + old.length
             old.volume.dead_puts.add(chunk_id)
 
-    def _write_all(self, vol: _Volume, parts: list[Bytes], offset: int) -> None:
+    def _write_all(self, vol: Volume, parts: list[Bytes], offset: int) -> None:
         """Write every byte or none: a failed write is cut back off the volume."""
         buffers = [memoryview(p) for p in parts if p]
         pos = offset
@@ -705,7 +437,7 @@ class VolumeStore:
                 raise NodeUnavailableError(self.name, "disk full") from e
             raise StorageError(f"write to {vol.path} failed: {e}") from e
 
-    def _writable_volume(self, need: int) -> _Volume:
+    def _writable_volume(self, need: int) -> Volume:
         vol = self._volumes[-1]
         if vol.size and vol.size + need > self._volume_bytes:
             vol = self._open_volume(vol.number + 1)
@@ -764,7 +496,7 @@ class VolumeStore:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _locate(self, chunk_id: str, *, pin: bool = False) -> _Loc:
+    def _locate(self, chunk_id: str, *, pin: bool = False) -> Loc:
         with self._lock:
             if self._closed:  # its fd numbers may already belong to other files
                 raise StorageError(f"volume store {self.root} is closed")
@@ -775,19 +507,19 @@ class VolumeStore:
             raise NotFoundError(f"chunk {chunk_id} not found on node {self.name}")
         return loc
 
-    def _pin(self, chunk_id: str) -> _Loc:
+    def _pin(self, chunk_id: str) -> Loc:
         """Locate a chunk and keep its volume's fd open until :meth:`_unpin` (a compaction
         may retire the volume meanwhile; its fd number must not be reused under the read)."""
         return self._locate(chunk_id, pin=True)
 
-    def _unpin(self, vol: _Volume) -> None:
+    def _unpin(self, vol: Volume) -> None:
         with self._lock:
             vol.pins -= 1
             if vol.retired and not vol.pins and not self._closed:
                 self._retired.remove(vol)
                 os.close(vol.fd)
 
-    def _pread(self, vol: _Volume, offset: int, length: int) -> bytes:
+    def _pread(self, vol: Volume, offset: int, length: int) -> bytes:
         data = os.pread(vol.fd, length, offset)
         if len(data) != length:
             raise StorageError(f"{vol.path} is shorter than its index says (truncated?)")
@@ -795,13 +527,13 @@ class VolumeStore:
 
     # -- opening: rebuild the index ------------------------------------------------------------
 
-    def _open_volume(self, number: int) -> _Volume:
+    def _open_volume(self, number: int) -> Volume:
         path = self.root / f"vol-{number:08d}.dat"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        return _Volume(number, path, fd, os.fstat(fd).st_size)
+        return Volume(number, path, fd, os.fstat(fd).st_size)
 
     def _load(self) -> None:
-        for stray in self.root.glob(f"vol-*{_COMPACT_SUFFIX}"):  # a compaction cut short
+        for stray in self.root.glob(f"vol-*{COMPACT_SUFFIX}"):  # a compaction cut short
             log.warning("%s: removing an unfinished compaction", stray)
             stray.unlink()
         numbers = sorted(
@@ -825,14 +557,14 @@ class VolumeStore:
             self.root,
         )
 
-    def _scan(self, vol: _Volume, *, verify_data: bool) -> None:
+    def _scan(self, vol: Volume, *, verify_data: bool) -> None:
         """Apply every intact record of ``vol`` to the index; cut trailing garbage off."""
         if vol.size == 0:
             return
         with mmap.mmap(vol.fd, 0, access=mmap.ACCESS_READ) as mm:
             pos, good_end, skipped = 0, 0, 0
             while pos + HEADER_SIZE <= vol.size:
-                hdr = _parse_header(mm[pos : pos + HEADER_SIZE])
+                hdr = parse_header(mm[pos : pos + HEADER_SIZE])
                 end = pos + HEADER_SIZE + (hdr.length if hdr else 0)
                 if hdr is None or end > vol.size:
                     skipped += 1
@@ -857,13 +589,13 @@ class VolumeStore:
         """Offset of the next intact header after a damaged region, or ``size`` if none."""
         pos = mm.find(MAGIC, start)
         while pos != -1:
-            hdr = _parse_header(mm[pos : pos + HEADER_SIZE])
+            hdr = parse_header(mm[pos : pos + HEADER_SIZE])
             if hdr is not None and pos + HEADER_SIZE + hdr.length <= size:
                 return pos
             pos = mm.find(MAGIC, pos + 1)
         return size
 
-    def _apply(self, hdr: _Header, vol: _Volume, data_offset: int) -> None:
+    def _apply(self, hdr: RecordHeader, vol: Volume, data_offset: int) -> None:
         self._unindex(hdr.chunk_id)
         if hdr.kind == KIND_PUT:
             self._index_put(hdr.chunk_id, vol, data_offset, hdr.length)
