@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import false, true
+from sqlalchemy import false, select, true
 
 from medshard.catalog import analysis_queue as jobs
 from medshard.catalog.db import Catalog, migrate
@@ -16,6 +16,7 @@ from medshard.catalog.findings import add_finding, findings_and_jobs, findings_p
 from medshard.catalog.instances import instances_of_study, live_object_keys
 from medshard.catalog.lookups import patient_pk_of, study_pk_of, visible_study_patients
 from medshard.catalog.models import Instance, Patient, Series, StoredObject, Study, utcnow
+from medshard.catalog.search import search
 
 
 @pytest.fixture
@@ -135,3 +136,37 @@ def test_a_result_written_under_a_lost_lease_changes_nothing(catalog: Catalog) -
     with catalog.session() as session:
         assert jobs.job_counts(session)[jobs.FAILED] == 1
         assert not jobs.has_claimable(session, utcnow())
+
+
+def test_a_study_search_counts_each_study_s_series_instances_and_modalities(
+    catalog: Catalog,
+) -> None:
+    """The computed study attributes, from one query whatever the number of studies (an
+    array of keys on PostgreSQL, an IN list on SQLite)."""
+    with catalog.transaction() as session:
+        patient = session.scalars(select(Patient)).one()
+        study = Study(study_instance_uid="1.2.2", patient=patient, study_date="20240102")
+        for number, modality, count in ((1, "CT", 2), (2, "MR", 1), (3, "CT", 0)):
+            series = Series(series_instance_uid=f"1.2.2.{number}", study=study, modality=modality)
+            session.add(series)
+            for n in range(count):
+                obj = StoredObject(
+                    object_key=f"key-{number}-{n}", patient_pk=patient.id, shard=3, size=1,
+                    sha256="0" * 64, chunk_size=1, wrapped_key=b"k",
+                )  # fmt: skip
+                session.add(obj)
+                session.flush()
+                session.add(
+                    Instance(
+                        sop_instance_uid=f"1.2.2.{number}.{n}", series=series, object_pk=obj.id
+                    )
+                )
+    fields = ["NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy"]
+    wanted = ["StudyInstanceUID", *fields]
+    for limit in (1, 2, 100):  # a statement per count of keys would differ here
+        with catalog.session() as session:
+            rows = search(session, "STUDY", {}, fields=wanted, limit=limit, scope=None)
+        found = {r["StudyInstanceUID"]: [r[f] for f in fields] for r in rows}
+        assert len(found) == min(limit, 2)
+        expected = {"1.2.1": [1, 3, []], "1.2.2": [3, 3, ["CT", "MR"]]}
+        assert found == {uid: expected[uid] for uid in found}
