@@ -125,6 +125,7 @@ def restore(
             f"{journal['versions_replayed']} metadata-only document versions replayed, "
             f"{journal['care_changes_applied']} care-team changes applied "
             f"({journal['care_changes_skipped']} naming what the backup lacks), "
+            f"{journal['accounts_applied']} account changes applied, "
             f"{len(journal['unrecoverable'])} not restored"
         )
     for problem in journal.get("unrecoverable", []):

@@ -90,7 +90,7 @@ def user_add(
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             identity.add_user(
                 session,
                 username=username,
@@ -133,7 +133,7 @@ def user_disable(username: str, home: HomeOpt = None) -> None:
 
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             identity.set_disabled(session, username, True)
             _record(caller, session, "user-disable", username)
     print(f"disabled {username}")
@@ -152,7 +152,7 @@ def user_passwd(
         password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             identity.set_password(session, username, password)
             _record(caller, session, "user-passwd", username)
     print(f"password of {username} changed")
@@ -174,7 +174,7 @@ def token_create(
 
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             token = tokens.create_api_token(session, username, name, days)
             _record(caller, session, "token-create", f"{username} {token[:12]}")
     _print(
@@ -189,7 +189,7 @@ def token_revoke(token_or_prefix: str, home: HomeOpt = None) -> None:
 
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             count = tokens.revoke_api_token(session, token_or_prefix)
             _record(caller, session, "token-revoke", token_or_prefix[:12])
     print(f"revoked {count} token(s)")
@@ -209,7 +209,7 @@ def dicom_allow(
 
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             identity.allow_peer(session, ae_title, user)
             _record(caller, session, "dicom-allow", f"{ae_title} {user}")
     print(f"AE {ae_title} allowed, acting as {user}")
@@ -222,7 +222,7 @@ def dicom_remove(ae_title: str, home: HomeOpt = None) -> None:
 
     with _operator(home) as caller:
         gate = caller.gate
-        with gate.catalog.transaction() as session:
+        with gate.archive.journaled_transaction() as session:
             identity.remove_peer(session, ae_title)
             _record(caller, session, "dicom-remove", ae_title)
     print(f"AE {ae_title} removed")

@@ -1,5 +1,5 @@
 """Changes that store no object, made after the last backup, survive losing the service's
-disk: care-team changes and metadata-only document versions.
+disk: care-team changes, metadata-only document versions and accounts.
 
 Real node processes and a real service. After a backup: a doctor is taken out of a
 patient's care team and another put in (CLI), a study is shared with an expert and a doctor
@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from medshard.bench.data import generate_instances
-from medshard.catalog.access_models import BreakGlass, Share, User
+from medshard.catalog.access_models import ApiToken, BreakGlass, Share, User
 from medshard.catalog.care_journal import apply_care_change
 from medshard.catalog.care_team import care_doctors_of, care_sites_of
 from medshard.catalog.lookups import patient_named
 from medshard.cluster.archive import Archive
 from medshard.demo import sample_dicom_dir
+from medshard.errors import AuthenticationError
+from medshard.security import identity, tokens
 from tests.cluster.test_object_journal import _patient_and_study, _stow
 from tests.conftest import Deployment, start_service
 from tests.records.samples import pdf
@@ -171,3 +176,72 @@ def test_metadata_only_document_versions_after_the_backup_survive_losing_the_hom
         out = tmp_path / f"{doc['id']}.out"
         dep.cli("records", "get", doc["id"], "-o", str(out))
         assert out.read_bytes() == path.read_bytes()
+
+
+def test_accounts_changed_after_the_backup_survive_losing_the_home(
+    sqlite_deployment: Deployment,
+) -> None:
+    """A PACS account, its token and its AE title added after the last backup, a token
+    revoked, a password changed and an account disabled: a restore puts every one back as it
+    was, so the new token authenticates and the old password and revoked token do not."""
+    dep = sqlite_deployment
+    key = (dep.home / "recovery.key").read_text().strip()
+    dep.cli("user", "add", "dr-a", "--role", "doctor", "--site", "st-marys", "--password", PASSWORD)
+    dep.cli("user", "add", "dr-b", "--role", "doctor", "--site", "st-marys", "--password", PASSWORD)
+    dep.cli("user", "add", "old-pacs", "--role", "service", "--site", "st-marys")
+    old_token = dep.cli_json("token", "create", "old-pacs")["token"]
+    dep.cli_json("backup")
+
+    new_password = "a different horse battery staple 7"
+    dep.cli("user", "passwd", "dr-a", "--password", new_password)
+    dep.cli("user", "disable", "dr-b")
+    dep.cli("user", "add", "new-pacs", "--role", "service", "--site", "far-site")
+    new_token = dep.cli_json("token", "create", "new-pacs", "--name", "radiology PACS")["token"]
+    dep.cli("token", "revoke", old_token)
+    dep.cli("dicom", "allow", "NEWPACS", "--user", "new-pacs")
+    with Archive.open(dep.home) as archive, archive.catalog.session() as session:
+        before = _accounts(session)
+    peers = identity_peers(dep)
+    assert peers["NEWPACS"] == "new-pacs"
+
+    replay = dep.lose_home_and_restore(key)["journal"]
+    assert replay["accounts_applied"] >= 6 and replay["accounts_skipped"] == 0, replay
+    with Archive.open(dep.home) as archive, archive.catalog.session() as session:
+        assert _accounts(session) == before
+        settings = archive.settings
+        assert tokens.resolve(session, settings, new_token).principal.username == "new-pacs"
+        with pytest.raises(AuthenticationError):
+            tokens.resolve(session, settings, old_token)
+    assert identity_peers(dep) == peers
+    svc = start_service(dep, backup_interval_s=0.0)
+    try:
+        for username, password, status in (
+            ("dr-a", new_password, 200),
+            ("dr-a", PASSWORD, 401),
+            ("dr-b", PASSWORD, 401),
+        ):
+            response = httpx.post(
+                f"{svc.url}/api/auth/token", data={"username": username, "password": password}
+            )
+            assert response.status_code == status, (username, response.text)
+    finally:
+        svc.process.stop()
+
+
+def _accounts(session: Session) -> list[tuple[Any, ...]]:
+    users = session.execute(
+        select(User.username, User.role, User.password_hash, User.disabled, User.site_id).order_by(
+            User.username
+        )
+    ).all()
+    tokens_ = session.execute(
+        select(ApiToken.token_hash, ApiToken.name, ApiToken.revoked_at.is_(None)).order_by(
+            ApiToken.token_hash
+        )
+    ).all()
+    return [tuple(u) for u in users] + [tuple(t) for t in tokens_]
+
+
+def identity_peers(dep: Deployment) -> dict[str, str]:
+    with Archive.open(dep.home) as archive, archive.catalog.session() as session:
+        return identity.peers(session)

@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import ApiToken, AuthSession
+from medshard.catalog.account_journal import note_account_change
 from medshard.catalog.models import utcnow
 
 # -------------------------------------------------------------------------- login sessions
@@ -99,6 +100,7 @@ def add_api_token(
             expires_at=expires_at,
         )
     )
+    note_account_change(session, "api-token", token_hash)
     session.flush()
 
 
@@ -111,7 +113,12 @@ def revoke_api_tokens(
         where = ApiToken.token_hash == token_hash
     else:
         where = ApiToken.prefix == prefix
+    revoked = session.scalars(
+        select(ApiToken.token_hash).where(where, ApiToken.revoked_at.is_(None))
+    ).all()
     result = session.execute(
         update(ApiToken).where(where, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
+    for digest in revoked:
+        note_account_change(session, "api-token", digest)
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from sqlalchemy import ScalarResult, delete, select
 from sqlalchemy.orm import Session
 
 from medshard.catalog.access_models import DicomPeer, User, UserSite
+from medshard.catalog.account_journal import note_account_change
 from medshard.catalog.models import Site
 
 # ----------------------------------------------------------------------------------- users
@@ -42,6 +43,7 @@ def add_user(session: Session, user: User, work_site_pks: Sequence[int]) -> None
     whose one site is on the row itself); flushed, so ``user.id`` is set."""
     session.add(user)
     session.flush()
+    note_account_change(session, "user", user.username)
     if work_site_pks:
         session.add_all(UserSite(user_pk=user.id, site_id=pk) for pk in work_site_pks)
         session.flush()
@@ -98,11 +100,13 @@ def replace_peer(session: Session, ae_title: str, user_pk: int) -> None:
     """Map a calling AE title to a service account, replacing any mapping it had."""
     session.execute(delete(DicomPeer).where(DicomPeer.ae_title == ae_title))
     session.add(DicomPeer(ae_title=ae_title, user_pk=user_pk))
+    note_account_change(session, "peer", ae_title)
 
 
 def delete_peer(session: Session, ae_title: str) -> bool:
     """Forget a calling AE title; False if it was not known."""
     done = session.execute(delete(DicomPeer).where(DicomPeer.ae_title == ae_title))
+    note_account_change(session, "peer", ae_title)
     return bool(cast(Any, done).rowcount)
 
 

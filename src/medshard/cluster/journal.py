@@ -22,7 +22,8 @@ Care-team changes ride along in the blob of the transaction that made them
 (:mod:`medshard.catalog.care_journal`): a write's involvement of its site and doctor, a
 doctor added or removed, a share, a break-glass grant (those go through
 :meth:`~medshard.cluster.archive.Archive.journaled_transaction`). A restore applies them in
-journal order, after the objects of the same blob.
+journal order, after the objects of the same blob. So do accounts (users, API tokens, DICOM
+peers: :mod:`medshard.catalog.account_journal`), written as their rows stand at commit.
 
 Removals are journaled too (:meth:`Journal.note_removal`, in the removing transaction
 through :meth:`~medshard.cluster.archive.Archive.journaled_transaction`): a patient's
@@ -74,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy.orm import Session
 
 from medshard import metrics
+from medshard.catalog.account_journal import account_snapshots
 from medshard.catalog.care_journal import named_care_changes
 from medshard.catalog.db import peek_scratch, transaction_scratch
 from medshard.catalog.journal_rows import site_name_of
@@ -233,8 +235,11 @@ class Journal:
         removals = scratch.get(_REMOVALS_KEY, [])
         versions = scratch.get(_VERSIONS_KEY, [])
         care = named_care_changes(session, scratch.get(_PATIENTS_KEY, {}), self._site_name)
-        if not manifests and not removals and not versions and not care:
+        accounts = account_snapshots(session)
+        if not manifests and not removals and not versions and not care and not accounts:
             return None
+        if not self.pool.nodes:  # no node registered yet: nothing on any node to restore from
+            return None  # (and no object: writing one needs nodes); the first backup holds it
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
             self._inflight.add(seq)
@@ -249,6 +254,7 @@ class Journal:
                 "removals": removals,
                 "versions": versions,
                 "care": care,
+                "accounts": accounts,
             }
             plaintext = json.dumps(body, separators=(",", ":")).encode()
             self.write_sealed(journal_name(stamp, self.writer, seq), plaintext, "object journal")

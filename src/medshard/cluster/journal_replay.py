@@ -31,9 +31,11 @@ objects of their blob; one naming a user or study the restored catalog lacks is 
 skipped. So are metadata-only document versions (a new version reusing its predecessor's
 object), after the object they point at.
 
-Not replayed (reported or documented): analysis jobs (a restore queues analysis again for
-the images it replays), and user accounts and API tokens made after the backup. Audit
-events come back from their own shipments (:mod:`medshard.security.audit_shipping`).
+Accounts (users, API tokens, DICOM peers) come back as their rows stood at each journaled
+commit (:mod:`medshard.catalog.account_journal`).
+
+Not replayed: analysis jobs (a restore queues analysis again for the images it replays).
+Audit events come back from their own shipments (:mod:`medshard.security.audit_shipping`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from medshard.catalog.account_journal import apply_account
 from medshard.catalog.care_journal import apply_care_change
 from medshard.catalog.care_team import involve
 from medshard.catalog.erasure_rows import erase_patient_rows, erase_study_rows
@@ -112,6 +115,9 @@ class ReplayReport:
     #: Journaled care-team changes applied, and skipped (they name what is not restored).
     care_changes_applied: int = 0
     care_changes_skipped: int = 0
+    #: Journaled account rows (users, API tokens, DICOM peers) put back, and skipped.
+    accounts_applied: int = 0
+    accounts_skipped: int = 0
     unrecoverable: list[str] = field(default_factory=list)
 
 
@@ -144,14 +150,24 @@ class Version:
 
 
 @dataclass(frozen=True)
-class CareChange:
-    """A journaled care-team change, by name (:mod:`medshard.catalog.care_journal`)."""
+class RowChange:
+    """A journaled change to rows that belong to no object: an account row as it stood at
+    its commit (``kind`` "accounts": :mod:`medshard.catalog.account_journal`) or a care-team
+    change ("care_changes": :mod:`medshard.catalog.care_journal`)."""
 
-    change: dict[str, Any]
+    kind: str
+    body: dict[str, Any]
+
+
+#: How each kind of row change is applied (True: applied, False: skipped).
+_APPLY: dict[str, Callable[[Session, dict[str, Any]], bool]] = {
+    "accounts": apply_account,
+    "care_changes": apply_care_change,
+}
 
 
 #: A journal entry in order: an object's manifest, a removal, a version or a care change.
-Entry = dict[str, Any] | Removal | Version | CareChange
+Entry = dict[str, Any] | Removal | Version | RowChange
 
 
 def open_sealed_json(
@@ -205,8 +221,11 @@ def read_journal(
         for version in body.get("versions", []):
             changes.append((position, Version(version["key"], version["link"])))
             position += 1
+        for snapshot in body.get("accounts", []):  # before the care changes that name them
+            changes.append((position, RowChange("accounts", snapshot)))
+            position += 1
         for change in body.get("care", []):
-            changes.append((position, CareChange(change)))
+            changes.append((position, RowChange("care_changes", change)))
             position += 1
     report.objects = len(last)
     entries: list[tuple[int, Entry]] = [*removals, *changes]
@@ -241,11 +260,11 @@ def replay_journal(
                 outcome = _add_version(archive, entry)
                 setattr(report, outcome, getattr(report, outcome) + 1)
                 continue
-            if isinstance(entry, CareChange):
+            if isinstance(entry, RowChange):
                 with archive.catalog.transaction() as session:
-                    applied = apply_care_change(session, entry.change)
-                report.care_changes_applied += applied
-                report.care_changes_skipped += not applied
+                    applied = _APPLY[entry.kind](session, entry.body)
+                counter = f"{entry.kind}_{'applied' if applied else 'skipped'}"
+                setattr(report, counter, getattr(report, counter) + 1)
                 continue
             try:
                 outcome = _replay(archive, by_name, entry, reingest)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from medshard.catalog import users as rows
 from medshard.catalog.access_models import User
+from medshard.catalog.account_journal import note_account_change
 from medshard.catalog.models import utcnow
 from medshard.errors import InvalidInputError, NotFoundError
 from medshard.security.passwords import hash_password
@@ -103,10 +104,12 @@ def set_password(session: Session, username: str, password: str) -> None:
     user.password_hash = hash_password(password)
     user.failed_logins = 0
     user.locked_until = None
+    note_account_change(session, "user", username)
 
 
 def set_disabled(session: Session, username: str, disabled: bool = True) -> None:
     get_user(session, username).disabled = disabled
+    note_account_change(session, "user", username)
 
 
 def user_sites(session: Session, user: User) -> frozenset[int]:

@@ -60,7 +60,7 @@ def add_user(body: NewUser, caller: CallerDep) -> dict[str, str]:
     """Create a user (admin only)."""
     gate = caller.gate
     gate.require_role(caller.principal, {"admin"}, "add users")
-    with gate.catalog.transaction() as session:
+    with gate.archive.journaled_transaction() as session:
         identity.add_user(
             session,
             username=body.username,
@@ -81,7 +81,7 @@ def disable_user(username: str, caller: CallerDep) -> dict[str, str]:
     """Disable an account (admin only); its sessions and tokens stop working."""
     gate = caller.gate
     gate.require_role(caller.principal, {"admin"}, "disable users")
-    with gate.catalog.transaction() as session:
+    with gate.archive.journaled_transaction() as session:
         identity.set_disabled(session, username, True)
         gate.audit.append(session, gate.event(caller.principal, "user-disable", detail=username))
     return {"username": username, "disabled": "true"}
