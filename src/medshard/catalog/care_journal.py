@@ -83,47 +83,47 @@ def apply_care_change(session: Session, change: dict[str, Any]) -> bool:
     patient = _pk(session, "patient_pk", change.get("patient"))
     if patient is None:
         return False
-    if op == "involve":
-        table: type[CareSite] | type[CareTeamDoctor] = CareSite
-        other = _pk(session, "site_id", change.get("site"))
-        key = {"patient_pk": patient, "site_id": other}
-        if change.get("site") is None:
-            table = CareTeamDoctor
-            other = _pk(session, "user_pk", change.get("user"))
-            key = {"patient_pk": patient, "user_pk": other}
-        if other is None:
-            return False
-        at = datetime.fromisoformat(change["at"])
-        row: CareSite | CareTeamDoctor | None = (
-            session.get(CareSite, (patient, other))
-            if table is CareSite
-            else session.get(CareTeamDoctor, (patient, other))
-        )
-        if row is None:
-            session.add(table(**key, since=at, last_involved_at=at))
-        elif _naive(row.last_involved_at) < _naive(at):
-            row.last_involved_at = at
-    elif op in ("add-doctor", "remove-doctor"):
+    if op == "involve" or op == "add-doctor":  # adding a named doctor: involvement too
+        return _involve(session, patient, change)
+    if op == "remove-doctor":
         user = _pk(session, "user_pk", change.get("user"))
         if user is None:
             return False
-        if op == "remove-doctor":
-            session.execute(
-                delete(CareTeamDoctor).where(
-                    CareTeamDoctor.patient_pk == patient, CareTeamDoctor.user_pk == user
-                )
+        session.execute(
+            delete(CareTeamDoctor).where(
+                CareTeamDoctor.patient_pk == patient, CareTeamDoctor.user_pk == user
             )
-        elif session.get(CareTeamDoctor, (patient, user)) is None:
-            at = datetime.fromisoformat(change["at"])
-            session.add(
-                CareTeamDoctor(patient_pk=patient, user_pk=user, since=at, last_involved_at=at)
-            )
-    elif op == "share":
+        )
+        return True
+    if op == "share":
         return _apply_share(session, patient, change)
-    elif op == "break-glass":
+    if op == "break-glass":
         return _apply_break_glass(session, patient, change)
+    return False
+
+
+def _involve(session: Session, patient: int, change: dict[str, Any]) -> bool:
+    """A site's or doctor's involvement at its journaled time (a later one already there
+    stays)."""
+    at = datetime.fromisoformat(change["at"])
+    row: CareSite | CareTeamDoctor | None
+    if change.get("site") is not None:
+        site = _pk(session, "site_id", change["site"])
+        if site is None:
+            return False
+        row = session.get(CareSite, (patient, site))
+        if row is None:
+            row = CareSite(patient_pk=patient, site_id=site, since=at, last_involved_at=at)
     else:
-        return False
+        user = _pk(session, "user_pk", change.get("user"))
+        if user is None:
+            return False
+        row = session.get(CareTeamDoctor, (patient, user))
+        if row is None:
+            row = CareTeamDoctor(patient_pk=patient, user_pk=user, since=at, last_involved_at=at)
+    if _naive(row.last_involved_at) < _naive(at):
+        row.last_involved_at = at
+    session.add(row)
     session.flush()
     return True
 

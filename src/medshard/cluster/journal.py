@@ -85,7 +85,7 @@ from medshard.cluster.backup_format import (
     new_backup_id,
     parse_journal_name,
 )
-from medshard.cluster.metadata_backup import choose_targets, ensure_recovery_key
+from medshard.cluster.metadata_backup import NodeBlobs, choose_targets, ensure_recovery_key
 from medshard.config import Settings
 from medshard.errors import MedshardError, NodeFullError, NoQuorumError
 
@@ -343,19 +343,15 @@ class Journal:
         return JournalMark(self.writer, settled_below, new_backup_id(before))
 
     @staticmethod
-    def trim(handles: list[NodeHandle], mark: JournalMark) -> int:
-        """Delete, on every live node, the journal blobs ``mark`` covers; how many went."""
+    def trim(listing: list[NodeBlobs], mark: JournalMark) -> int:
+        """Delete, on every listed node, the journal blobs ``mark`` covers; how many went."""
         deleted = 0
-        for handle in handles:
-            if not handle.available:
-                continue
+        for node in listing:
             try:
-                names = [str(b["name"]) for b in handle.client.list_meta()]
-                for name in names:
-                    if mark.covers(name):
-                        deleted += handle.client.delete_meta(name)
+                for name in sorted(n for n in node.names if mark.covers(n)):
+                    deleted += node.delete(name)
             except MedshardError as exc:
-                log.info("journal trim on %s deferred: %s", handle.name, exc)
+                log.info("journal trim on %s deferred: %s", node.handle.name, exc)
         return deleted
 
     def stats(self) -> dict[str, Any]:

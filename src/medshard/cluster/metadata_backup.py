@@ -262,16 +262,13 @@ def take_backup(archive: Archive) -> BackupReport:
         recovery_key_created=key_created,
         failures=failures,
     )
-    report.pruned = prune(list(archive.pool.nodes.values()), settings.backup_keep)
+    listing = list_blobs(list(archive.pool.nodes.values()))  # once, for all that follows
+    report.pruned = prune(listing, settings.backup_keep)
     if kind == "sqlite" and report.copies >= settings.write_quorum:
-        report.journal_trimmed = archive.journal.trim(list(archive.pool.nodes.values()), mark)
-        report.audit_shipments_trimmed = trim_audit_shipments(
-            list(archive.pool.nodes.values()), audit_through
-        )
+        report.journal_trimmed = archive.journal.trim(listing, mark)
+        report.audit_shipments_trimmed = trim_audit_shipments(listing, audit_through)
     if kind == "sqlite":
-        report.blobs_recopied = recopy_short_blobs(
-            list(archive.pool.nodes.values()), settings.replicas, seal
-        )
+        report.blobs_recopied = recopy_short_blobs(listing, settings.replicas, seal)
     save_state(settings, {"last": report.as_dict(), "last_error": None})
     if report.copies < settings.replicas:
         log.warning(
@@ -280,34 +277,57 @@ def take_backup(archive: Archive) -> BackupReport:
     return report
 
 
-def prune(handles: list[NodeHandle], keep: int) -> int:
-    """Delete backups older than the newest ``keep`` complete ones (those with a manifest
-    somewhere), on every live node; returns the blobs deleted. A backup newer than the
-    oldest kept one is never touched, so one still being written elsewhere survives."""
-    listed: dict[str, list[tuple[str, str]]] = {}
+@dataclass
+class NodeBlobs:
+    """The named blobs one live node holds, as listed once per backup: pruning, both trims
+    and the re-copy read it, and each keeps it true (what it deletes or copies)."""
+
+    handle: NodeHandle
+    names: set[str]
+
+    def delete(self, name: str) -> int:
+        """Delete one blob on this node (raises MedshardError); 1 if it was there."""
+        deleted = self.handle.client.delete_meta(name)
+        self.names.discard(name)
+        return deleted
+
+
+def list_blobs(handles: list[NodeHandle]) -> list[NodeBlobs]:
+    """The named blobs of every live node that answers (one that does not is left out)."""
+    listing = []
     for handle in handles:
         if not handle.available:
             continue
         try:
-            names = [str(b["name"]) for b in handle.client.list_meta()]
-        except MedshardError:
+            names = {str(b["name"]) for b in handle.client.list_meta()}
+        except MedshardError as exc:
+            log.info("blob listing on %s failed: %s", handle.name, exc)
             continue
-        listed[handle.name] = [(n, parsed[0]) for n in names if (parsed := parse_blob_name(n))]
-    complete = sorted(
-        {bid for blobs in listed.values() for name, bid in blobs if name == manifest_name(bid)}
-    )
+        listing.append(NodeBlobs(handle, names))
+    return listing
+
+
+def prune(listing: list[NodeBlobs], keep: int) -> int:
+    """Delete backups older than the newest ``keep`` complete ones (those with a manifest
+    somewhere), on every listed node; returns the blobs deleted. A backup newer than the
+    oldest kept one is never touched, so one still being written elsewhere survives."""
+    parsed = {
+        name: found[0]
+        for node in listing
+        for name in node.names
+        if (found := parse_blob_name(name)) is not None
+    }
+    complete = sorted({bid for name, bid in parsed.items() if name == manifest_name(bid)})
     if len(complete) <= keep:
         return 0
     oldest_kept = complete[-keep]
     deleted = 0
-    by_name = {h.name: h for h in handles}
-    for node, blobs in listed.items():
-        for name, bid in blobs:
-            if bid < oldest_kept:
-                try:
-                    deleted += by_name[node].client.delete_meta(name)
-                except MedshardError:
-                    break
+    for node in listing:
+        try:
+            for name in sorted(n for n in node.names if n in parsed and parsed[n] < oldest_kept):
+                deleted += node.delete(name)
+        except MedshardError as exc:
+            log.info("backup pruning on %s deferred: %s", node.handle.name, exc)
     return deleted
 
 
@@ -325,7 +345,7 @@ def _recopied_kind(name: str, settled_before: str) -> bool:
     return parse_audit_shipment_name(name) is not None
 
 
-def recopy_short_blobs(handles: list[NodeHandle], replicas: int, seal: BackupSeal) -> int:
+def recopy_short_blobs(listing: list[NodeBlobs], replicas: int, seal: BackupSeal) -> int:
     """Give every journal blob and audit shipment ``replicas`` copies on live nodes again,
     copying one that opens under the recovery key (a damaged copy is not spread); how many
     copies were made.
@@ -334,18 +354,12 @@ def recopy_short_blobs(handles: list[NodeHandle], replicas: int, seal: BackupSea
     a node lost takes one copy of each with it for good, and the next losses could take an
     acknowledged object's only manifest while the home is gone too.
     """
-    live = [h for h in handles if h.available]
     settled_before = new_backup_id(datetime.now(UTC) - timedelta(seconds=RECOPY_AFTER_S))
-    holders: dict[str, list[NodeHandle]] = {}
-    for handle in live:
-        try:
-            names = [str(b["name"]) for b in handle.client.list_meta()]
-        except MedshardError as exc:
-            log.info("blob listing on %s failed: %s", handle.name, exc)
-            continue
-        for name in names:
+    holders: dict[str, list[NodeBlobs]] = {}
+    for node in listing:
+        for name in node.names:
             if _recopied_kind(name, settled_before):
-                holders.setdefault(name, []).append(handle)
+                holders.setdefault(name, []).append(node)
     made = 0
     for name, held in sorted(holders.items()):
         missing = replicas - len(held)
@@ -355,22 +369,25 @@ def recopy_short_blobs(handles: list[NodeHandle], replicas: int, seal: BackupSea
         if blob is None:
             log.error("no copy of %s opens under the recovery key; not re-copied", name)
             continue
-        spare = [h for h in live if h not in held]
-        for target in choose_targets(spare, missing) if spare else []:
+        spare = {n.handle.name: n for n in listing if n not in held}
+        targets = [n.handle for n in spare.values()]
+        for target in choose_targets(targets, missing) if targets else []:
             try:
                 target.client.put_meta(name, blob)
-                made += 1
             except MedshardError as exc:
                 log.warning("re-copy of %s to %s failed: %s", name, target.name, exc)
+                continue
+            spare[target.name].names.add(name)
+            made += 1
     if made:
         log.info("re-copied %d journal and audit blob copies lost with their nodes", made)
     return made
 
 
-def _intact_copy(name: str, held: list[NodeHandle], seal: BackupSeal) -> bytes | None:
-    for handle in held:
+def _intact_copy(name: str, held: list[NodeBlobs], seal: BackupSeal) -> bytes | None:
+    for node in held:
         try:
-            blob = handle.client.get_meta(name)
+            blob = node.handle.client.get_meta(name)
             seal.open(name, blob)
         except (MedshardError, ValueError):
             continue
@@ -378,20 +395,18 @@ def _intact_copy(name: str, held: list[NodeHandle], seal: BackupSeal) -> bytes |
     return None
 
 
-def trim_audit_shipments(handles: list[NodeHandle], through_seq: int) -> int:
-    """Delete, on every live node, the audit shipments whose events all are at or below
+def trim_audit_shipments(listing: list[NodeBlobs], through_seq: int) -> int:
+    """Delete, on every listed node, the audit shipments whose events all are at or below
     ``through_seq`` (a backup holds them); how many went."""
     deleted = 0
-    for handle in handles:
-        if not handle.available:
-            continue
+    for node in listing:
         try:
-            for blob in handle.client.list_meta():
-                span = parse_audit_shipment_name(str(blob["name"]))
+            for name in sorted(node.names):
+                span = parse_audit_shipment_name(name)
                 if span is not None and span[1] <= through_seq:
-                    deleted += handle.client.delete_meta(str(blob["name"]))
+                    deleted += node.delete(name)
         except MedshardError as exc:
-            log.info("audit shipment trim on %s deferred: %s", handle.name, exc)
+            log.info("audit shipment trim on %s deferred: %s", node.handle.name, exc)
     return deleted
 
 
