@@ -60,6 +60,10 @@ def _canonical_as_it_was(row: dict[str, Any]) -> bytes:
     return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
 
 
+#: What COPY's text format must escape (tab, newline, backslash) and more than ASCII.
+TRICKY = 'tab\there\nnew line \\N back\\slash "q" 患者 🩻'
+
+
 class _Text(str):
     pass
 
@@ -97,12 +101,13 @@ def test_seals_and_tags_read_as_before() -> None:
 
 
 @pytest.fixture
-def keyed(tmp_path: Path) -> Iterator[tuple[Catalog, KeyProvider, list[int]]]:
-    """A catalog with three patients, each with a key wrapped under the master key."""
+def keyed(tmp_path: Path, db_url: str) -> Iterator[tuple[Catalog, KeyProvider, list[int]]]:
+    """A catalog (SQLite, PostgreSQL) with three patients, each with a key wrapped under the
+    master key. On PostgreSQL a batch of events goes in by COPY, not INSERT."""
     path = tmp_path / "master.key"
     LocalKeyFileProvider.create(path)
     keys = LocalKeyFileProvider(path)
-    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    url = db_url or f"sqlite:///{tmp_path / 'catalog.db'}"
     migrate(url)
     catalog = Catalog(url)
     with catalog.transaction() as session:
@@ -134,7 +139,15 @@ def test_a_shredded_patients_later_events_are_not_sealed(
 
     def batch() -> list[Event]:
         return [
-            Event("dr", "doctor", "instance.read", patient_pk=pk, sop_uid=f"1.2.{n}")
+            Event(
+                "dr",
+                "doctor",
+                "instance.read",
+                patient_pk=pk,
+                sop_uid=f"1.2.{n}",
+                detail=TRICKY,
+                flagged=n == 1,
+            )
             for n in range(4)
             for pk in pks
         ]
@@ -154,5 +167,7 @@ def test_a_shredded_patients_later_events_are_not_sealed(
             assert (row["sealed"] is None) == shredded
         kept = audit.readable(session, lookup, later[-1])
         assert kept.patient_id == "PAT-2" and kept.sop == "1.2.3"
+        assert kept.detail == TRICKY and [r["flagged"] for r in rows[:3]] == [False] * 3
+        assert [r["seq"] for r in rows] == list(range(1, 25))
     verdict = audit.verify(catalog, keys)
     assert verdict.ok and verdict.events == 24, verdict

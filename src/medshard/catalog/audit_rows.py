@@ -30,6 +30,8 @@ _WRITE_HEAD = (
     .where(AuditHead.id == 1)
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
+_EVENT_COLUMNS = tuple(c.name for c in AuditEvent.__table__.columns)  # type: ignore[attr-defined]
+_COPY_EVENTS = f"COPY audit_events ({', '.join(_EVENT_COLUMNS)}) FROM STDIN"
 #: Events read per statement when walking the chain.
 _PAGE = 2000
 
@@ -57,8 +59,25 @@ def take_head(conn: Connection) -> tuple[int, str]:
 
 def append_events(conn: Connection, rows: list[dict[str, Any]], seq: int, hash_: str) -> None:
     """Insert chained event rows and move the head to the last one's ``seq`` and ``hash_``."""
-    conn.execute(_INSERT_EVENTS, rows)
+    if conn.dialect.name == "postgresql" and len(rows) > 1:
+        _copy_events(conn, rows)
+    else:
+        conn.execute(_INSERT_EVENTS, rows)
     conn.execute(_WRITE_HEAD, {"new_seq": seq, "new_hash": hash_})
+
+
+def _copy_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """On PostgreSQL, many events go in by ``COPY``, in the caller's transaction. Inserting
+    a search's hundred events as one statement each (executemany) was most of what auditing
+    added to the next search's latency: by-modality QIDO-RS p99 at 10^5 instances was 21-27
+    ms with the inserts, 12 ms with them left out and 7-8 ms with no auditing; by COPY, 14-16
+    ms (`medshard bench catalog`, side by side). The record path's rate did not change."""
+    raw = conn.connection.driver_connection
+    if raw is None:  # a connection SQLAlchemy has already released: a bug, not bad input
+        raise RuntimeError("the audit append's connection is closed")
+    with raw.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+        for row in rows:
+            copy.write_row([row[name] for name in _EVENT_COLUMNS])
 
 
 def event_rows(
